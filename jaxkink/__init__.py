@@ -1,0 +1,43 @@
+"""jaxkink: the derivative autodiff picks at a kink, as a runtime value.
+
+Kinked primitives (ReLU, ReLU6, LeakyReLU, MaxPool) whose derivative at the
+kink is an ordinary traced array, a ``Kinks`` pytree that carries those values
+through a model, kink-hit counters, and precision policies.
+
+Only the names below are public API; modules whose names start with an
+underscore are not.
+"""
+
+from jaxkink.activations import leaky_relu
+from jaxkink.activations import random_kink_relu
+from jaxkink.activations import relu
+from jaxkink.activations import relu6
+from jaxkink.hits import KinkHits
+from jaxkink.hits import pool_hits
+from jaxkink.hits import relu6_hits
+from jaxkink.hits import relu_hits
+from jaxkink.kinks import Kinks
+from jaxkink.pooling import max_pool
+from jaxkink.pooling import pool_output_shape
+from jaxkink.precision import POLICIES
+from jaxkink.precision import Policy
+from jaxkink.precision import get_policy
+
+__version__ = '0.1.0'
+
+__all__ = (
+    'KinkHits',
+    'Kinks',
+    'POLICIES',
+    'Policy',
+    'get_policy',
+    'leaky_relu',
+    'max_pool',
+    'pool_hits',
+    'pool_output_shape',
+    'random_kink_relu',
+    'relu',
+    'relu6',
+    'relu6_hits',
+    'relu_hits',
+)

@@ -1,0 +1,91 @@
+"""Kink-hit counters: how close a forward pass came to a kink.
+
+If no pre-activation sits exactly on a kink (and no pooling window holds a
+tie), every kink value gives bit-identical gradients, so these counters let
+later code screen (theta, minibatch) pairs with a forward pass only. They
+must read the very values the backward pass uses (see DESIGN.md section 4):
+compute them from the pre-activations the differentiated program saves, not
+from a separately compiled forward.
+
+Each counter returns a :class:`KinkHits` reduced over the given axes (all
+axes by default, so ``jax.vmap`` it for per-sample or per-theta numbers).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import jax.numpy as jnp
+
+from jaxkink import pooling
+from jaxkink.typing import Array, ArrayLike, Padding
+
+Axis = int | Sequence[int] | None
+
+
+class KinkHits(NamedTuple):
+  """How many entries sit exactly on a kink, and how close the others came.
+
+  Attributes:
+    count: number of entries exactly at a kink (int32).
+    min_distance: the smallest distance to a kink, in the input's dtype:
+      ``min |x - kink|`` for activations, for pooling the smallest gap
+      between a window's largest and second-largest member (0 for a tie);
+      ``inf`` when there is nothing to measure (e.g. no window has two
+      members).
+  """
+  count: Array
+  min_distance: Array
+
+
+def _point_hits(x: ArrayLike, points: Sequence[float], axis: Axis) -> KinkHits:
+  x = jnp.asarray(x)
+  dist = jnp.full(x.shape, jnp.inf, x.dtype)
+  for p in points:
+    dist = jnp.minimum(dist, jnp.abs(x - jnp.asarray(p, x.dtype)))
+  on_kink = dist == 0
+  count = jnp.sum(on_kink, axis=axis, dtype=jnp.int32)
+  return KinkHits(count, jnp.min(dist, axis=axis, initial=jnp.inf))
+
+
+def relu_hits(x: ArrayLike, axis: Axis = None) -> KinkHits:
+  """Entries of ``x`` exactly at 0 (the kink of ReLU and LeakyReLU).
+
+  ``min_distance`` is ``min |x|``. ``-0.0`` counts as a hit: it compares
+  equal to 0, and so takes the kink value in the backward pass.
+  """
+  return _point_hits(x, (0.0,), axis)
+
+
+def relu6_hits(x: ArrayLike, axis: Axis = None) -> KinkHits:
+  """Entries of ``x`` exactly at 0 or 6; ``min_distance`` to the nearer one."""
+  return _point_hits(x, (0.0, 6.0), axis)
+
+
+def pool_hits(x: ArrayLike, window_shape: Sequence[int],
+              strides: Sequence[int] | None = None, padding: Padding = 'VALID',
+              axis: Axis = None) -> KinkHits:
+  """Pooling windows whose maximum is attained more than once (ties).
+
+  Arguments are those of :func:`jaxkink.max_pool`; ``axis`` refers to the
+  pooled output's axes. ``min_distance`` is the smallest gap between a
+  window's maximum and its largest non-maximal valid member; a tie has gap 0.
+  """
+  x = jnp.asarray(x)
+  unbatched = x.ndim == len(window_shape) + 1
+  if unbatched:
+    x = x[None]
+  geom = pooling.window_geometry(x.shape, window_shape, strides, padding)
+  y = pooling.reduce_max(x, geom)
+  members = pooling.window_slices(x, y, geom)
+  _, count = pooling.window_maxima(x, y, geom)
+  neg_inf = jnp.array(-jnp.inf, x.dtype)
+  second = neg_inf
+  for _, v, ok in members:
+    second = jnp.maximum(second, jnp.where(ok & (v != y), v, neg_inf))
+  gap = jnp.where(count > 1, jnp.zeros_like(y), y - second)
+  if unbatched:
+    count, gap = count[0], gap[0]
+  tie = count > 1
+  return KinkHits(jnp.sum(tie, axis=axis, dtype=jnp.int32),
+                  jnp.min(gap, axis=axis, initial=jnp.inf))

@@ -1,0 +1,75 @@
+"""``Kinks``: every kink value of a network in one small pytree.
+
+Models take a ``Kinks`` value at call time and route each nonsmooth operation
+through it (``kinks.relu(x)``, ``kinks.max_pool(x, (2, 2), (2, 2))``), so one
+compiled function serves every kink value and ``jax.vmap`` can sweep them::
+
+  def loss(params, x, y, s):
+    logits = model.apply(params, x, jaxkink.Kinks(relu_s=s))
+    ...
+  grads = jax.vmap(jax.grad(loss), in_axes=(None, None, None, 0))(
+      params, x, y, jnp.array([0.0, 1.0]))
+
+The values are pytree leaves (traced, vmappable, shardable); the two
+compatibility modes are static metadata (changing them recompiles, since they
+change the program).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from flax import struct
+
+from jaxkink import activations, pooling
+from jaxkink.typing import Array, ArrayLike, Padding
+
+
+@struct.dataclass
+class Kinks:
+  """Derivatives chosen at the kinks, and the compatibility modes.
+
+  The defaults are JAX's own conventions, so a model run with ``Kinks()``
+  gives values and gradients bit-identical to one written with
+  ``jax.nn.relu``, ``jax.nn.relu6``, ``jax.nn.leaky_relu`` and
+  ``flax.linen.max_pool``.
+
+  Attributes:
+    relu_s: ReLU'(0).
+    relu6_alpha: ReLU6'(0).
+    relu6_beta: ReLU6'(6).
+    leaky_s: LeakyReLU'(0) (JAX's ``leaky_relu`` gives 1, PyTorch's the slope).
+    pool_beta: MaxPool tie rule: 0 native, 1 minimal, other values hybrid.
+    legacy_relu_grad: assign the kink value to the input gradient instead of
+      multiplying the upstream cotangent (the 2021 reference code; static).
+    blended_pool_forward: compute the pooled value as
+      ``(1 - beta) * max + beta * max`` (the TMLR reference code; static).
+  """
+  relu_s: ArrayLike = 0.0
+  relu6_alpha: ArrayLike = 0.0
+  relu6_beta: ArrayLike = 0.0
+  leaky_s: ArrayLike = 1.0
+  pool_beta: ArrayLike = 0.0
+  legacy_relu_grad: bool = struct.field(pytree_node=False, default=False)
+  blended_pool_forward: bool = struct.field(pytree_node=False, default=False)
+
+  def relu(self, x: ArrayLike) -> Array:
+    """:func:`jaxkink.relu` with ``s = self.relu_s``."""
+    return activations.relu(x, self.relu_s, legacy=self.legacy_relu_grad)
+
+  def relu6(self, x: ArrayLike) -> Array:
+    """:func:`jaxkink.relu6` with this value's ``alpha`` and ``beta``."""
+    return activations.relu6(x, self.relu6_alpha, self.relu6_beta,
+                             legacy=self.legacy_relu_grad)
+
+  def leaky_relu(self, x: ArrayLike, slope: ArrayLike = 0.01) -> Array:
+    """:func:`jaxkink.leaky_relu` with ``s = self.leaky_s``."""
+    return activations.leaky_relu(x, slope, self.leaky_s,
+                                  legacy=self.legacy_relu_grad)
+
+  def max_pool(self, x: ArrayLike, window_shape: Sequence[int],
+               strides: Sequence[int] | None = None,
+               padding: Padding = 'VALID') -> Array:
+    """:func:`jaxkink.max_pool` with ``beta = self.pool_beta``."""
+    return pooling.max_pool(x, window_shape, strides, padding, self.pool_beta,
+                            blended_forward=self.blended_pool_forward)
