@@ -40,8 +40,9 @@ class Kinks:
     relu6_beta: ReLU6'(6).
     leaky_s: LeakyReLU'(0) (JAX's ``leaky_relu`` gives 1, PyTorch's the slope).
     pool_beta: MaxPool tie rule: 0 native, 1 minimal, other values hybrid.
-    legacy_relu_grad: assign the kink value to the input gradient instead of
-      multiplying the upstream cotangent (the 2021 reference code; static).
+    legacy_relu_grad: in ReLU and ReLU6, assign the kink value to the input
+      gradient instead of multiplying the upstream cotangent, as the 2021
+      reference code (``deel-ai/relu-prime``, ``relu.py``) does; static.
     blended_pool_forward: compute the pooled value as
       ``(1 - beta) * max + beta * max`` (the TMLR reference code; static).
   """
@@ -64,8 +65,9 @@ class Kinks:
 
   def leaky_relu(self, x: ArrayLike, slope: ArrayLike = 0.01) -> Array:
     """:func:`jaxkink.leaky_relu` with ``s = self.leaky_s``."""
-    return activations.leaky_relu(x, slope, self.leaky_s,
-                                  legacy=self.legacy_relu_grad)
+    # The 2021 reference code's LeakyReLU multiplies the cotangent (only its
+    # ReLU and ReLU6 assign), so ``legacy_relu_grad`` does not apply here.
+    return activations.leaky_relu(x, slope, self.leaky_s)
 
   def max_pool(self, x: ArrayLike, window_shape: Sequence[int],
                strides: Sequence[int] | None = None,

@@ -138,13 +138,33 @@ def window_maxima(x: Array, y: Array, geom: WindowGeometry):
   return hits, count
 
 
+def _divide(num: Array, count: Array) -> Array:
+  """``num / max(count, 1)``, correctly rounded in every program.
+
+  XLA rewrites ``a / broadcast(b)`` into ``a * broadcast(1 / b)``, which is
+  not correctly rounded, and ``jax.vmap`` broadcasts an unbatched divisor
+  (here ``count``, when only ``g`` or ``beta`` is batched). A divisor that
+  depends on the numerator element by element is never a broadcast, so XLA
+  keeps the true division. The select changes no value: a NaN numerator
+  gives NaN either way.
+  """
+  divisor = jnp.maximum(count, 1).astype(num.dtype)
+  return num / jnp.where(jnp.isnan(num), jnp.ones_like(divisor), divisor)
+
+
 def _pool_pullback(x: Array, beta: Array, g: Array, geom: WindowGeometry) -> Array:
   y = reduce_max(x, geom)
   hits, count = window_maxima(x, y, geom)
   tie = count > 1
-  inv_count = 1 / jnp.maximum(count, 1).astype(g.dtype)
-  minimal = g * inv_count
   zeros = lax.full_like(g, 0)
+  minimal = _divide(g, count)
+  # Hybrid weights of a tied window: (1 - beta) + beta / |A| for its first
+  # maximum, beta / |A| for the others, then one product with g. Written as
+  # (1 - beta) * g + beta * g / |A| it would be a multiply-add, which XLA
+  # fuses into an FMA in some programs and not in others, so that the same
+  # beta could round differently vmapped and not.
+  share = _divide(jnp.broadcast_to(beta, y.shape), count)
+  lead = (1 - beta) + share
   is_native = beta == 0
   is_minimal = beta == 1
   taken = jnp.zeros(y.shape, bool)  # the window's first maximum is found
@@ -153,9 +173,9 @@ def _pool_pullback(x: Array, beta: Array, g: Array, geom: WindowGeometry) -> Arr
   for off, hit in hits:
     first = hit & ~taken
     taken = taken | hit
-    hybrid = (1 - beta) * lax.select(first, g, zeros) + beta * minimal
     tied = jnp.where(is_native, lax.select(first, g, zeros),
-                     jnp.where(is_minimal, minimal, hybrid))
+                     jnp.where(is_minimal, minimal,
+                               g * jnp.where(first, lead, share)))
     c = lax.select(hit, lax.select(tie, tied, g), zeros)
     contributions.append((off, c))
   # Accumulate in the order XLA's select_and_scatter visits windows (row-major
