@@ -1,0 +1,166 @@
+r"""Cost of jaxkink's kink primitives against JAX's own, as ratios.
+
+Each case times a jaxkink primitive and its JAX/Flax equivalent in the same
+run, on the same input, and reports the ratio of their median times:
+
+* ``jaxkink.relu(x, s)`` vs ``jax.nn.relu(x)``;
+* ``jaxkink.relu6(x, a, b)`` vs ``jax.nn.relu6(x)``;
+* ``jaxkink.max_pool(x, (2, 2), (2, 2), beta=b)`` vs
+  ``flax.linen.max_pool(x, (2, 2), (2, 2))``, and the overlapping
+  ``(3, 3)`` window, stride ``(2, 2)``, padding ``((1, 1), (1, 1))``.
+
+Each is timed forward only and forward+backward (``jax.vjp`` with a random
+cotangent, returning the output and the input cotangent), each a single
+jitted program compiled once. Kink values are traced arguments (0.5, so the
+kink paths are live), and the input is integer-valued so that ReLU kinks
+and pooling ties actually occur. A last case per primitive vmaps the jaxkink
+forward+backward over 4 kink values in one program against 4 sequential
+calls of the baseline's, to show what a sweep over kink values costs.
+
+Run::
+
+  python benchmarks/primitives.py --shape=64,32,32,64
+
+Flags: ``--shape`` (NHWC), ``--dtype`` (float32, float16, bfloat16),
+``--repeats`` (timed calls after one warm-up call) and ``--out`` (a JSON
+path for the table and the environment).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+from absl import app
+from absl import flags
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+import jaxkink
+from jaxkink import rundir
+
+_SHAPE = flags.DEFINE_list('shape', ['64', '32', '32', '64'],
+                           'Input shape, NHWC.')
+_DTYPE = flags.DEFINE_enum('dtype', 'float32',
+                           ['float32', 'float16', 'bfloat16'], 'Input dtype.')
+_REPEATS = flags.DEFINE_integer('repeats', 20,
+                                'Timed calls per measurement, after a warm-up.')
+_OUT = flags.DEFINE_string('out', None,
+                           'Optional JSON path for the results.')
+
+KINK = 0.5  # kink value of the single cases: neither 0 nor 1, so all live
+SWEEP = (0.0, 0.5, 1.0, 2.0)  # kink values of the vmapped sweep
+
+Fn = Callable[..., jax.Array]
+
+# name: (baseline(x), jaxkink(x, kink)).
+PRIMITIVES: dict[str, tuple[Fn, Fn]] = {
+    'relu': (jax.nn.relu, jaxkink.relu),
+    'relu6': (jax.nn.relu6, lambda x, k: jaxkink.relu6(x, k, k)),
+    'max_pool 2x2/2': (
+        lambda x: nn.max_pool(x, (2, 2), (2, 2)),
+        lambda x, k: jaxkink.max_pool(x, (2, 2), (2, 2), beta=k)),
+    'max_pool 3x3/2 pad 1': (
+        lambda x: nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))),
+        lambda x, k: jaxkink.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)),
+                                      beta=k)),
+}
+
+
+def fwd_bwd(f: Fn) -> Fn:
+  """``(x, g, *args) -> (f(x, *args), g^T df/dx)``."""
+
+  def run(x, g, *args):
+    y, pullback = jax.vjp(lambda x: f(x, *args), x)
+    return y, pullback(g)[0]
+
+  return run
+
+
+def time_ms(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
+  """Median and min wall time of ``call()`` in ms, after one warm-up call."""
+  jax.block_until_ready(call())
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(call())
+    times.append((time.perf_counter() - start) * 1e3)
+  return statistics.median(times), min(times)
+
+
+def benchmark(shape: Sequence[int], dtype: Any,
+              repeats: int) -> list[dict[str, Any]]:
+  """Times every (primitive, mode) pair; one row per case."""
+  kx, kg = jax.random.split(jax.random.key(0))
+  x = jnp.round(3 * jax.random.normal(kx, shape)).astype(dtype)
+  kink = jnp.asarray(KINK, dtype)
+  sweep = jnp.asarray(SWEEP, dtype)
+  rows = []
+  for name, (base, kinked) in PRIMITIVES.items():
+    y_shape = jax.eval_shape(base, x).shape
+    g = jax.random.normal(kg, y_shape).astype(dtype)
+    base_fwd, kinked_fwd = jax.jit(base), jax.jit(kinked)
+    base_bwd, kinked_bwd = jax.jit(fwd_bwd(base)), jax.jit(fwd_bwd(kinked))
+    kinked_sweep = jax.jit(jax.vmap(fwd_bwd(kinked), in_axes=(None, None, 0)))
+    cases = {
+        'fwd': (lambda: base_fwd(x), lambda: kinked_fwd(x, kink)),
+        'fwd+bwd': (lambda: base_bwd(x, g), lambda: kinked_bwd(x, g, kink)),
+        f'fwd+bwd sweep {len(SWEEP)}': (
+            lambda: [base_bwd(x, g) for _ in SWEEP],
+            lambda: kinked_sweep(x, g, sweep)),
+    }
+    for mode, (base_call, kinked_call) in cases.items():
+      base_med, base_min = time_ms(base_call, repeats)
+      kink_med, kink_min = time_ms(kinked_call, repeats)
+      rows.append({'case': f'{name} {mode}',
+                   'baseline_ms_median': base_med, 'baseline_ms_min': base_min,
+                   'jaxkink_ms_median': kink_med, 'jaxkink_ms_min': kink_min,
+                   'ratio': kink_med / base_med})
+      print(f'  {rows[-1]["case"]}: ratio {rows[-1]["ratio"]:.2f}', flush=True)
+  return rows
+
+
+def format_table(rows: Sequence[dict[str, Any]]) -> str:
+  """A markdown table of ``rows`` (times as median / min)."""
+  lines = ['| case | baseline ms (median / min) | jaxkink ms (median / min) '
+           '| ratio |', '|---|---:|---:|---:|']
+  for r in rows:
+    lines.append(f'| {r["case"]} '
+                 f'| {r["baseline_ms_median"]:.3f} / {r["baseline_ms_min"]:.3f} '
+                 f'| {r["jaxkink_ms_median"]:.3f} / {r["jaxkink_ms_min"]:.3f} '
+                 f'| {r["ratio"]:.2f} |')
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    shape = tuple(int(n) for n in _SHAPE.value)
+  except ValueError as e:
+    raise app.UsageError(f'--shape must be integers: {e}') from e
+  if len(shape) != 4 or min(shape) < 1 or min(shape[1:3]) < 2:
+    raise app.UsageError(f'--shape must be NHWC with H, W >= 2, got {shape}')
+  repeats = _REPEATS.value
+  if repeats < 1:
+    raise app.UsageError('--repeats must be positive')
+
+  device = jax.devices()[0]
+  print(f'device: {device.device_kind} ({device.platform}), '
+        f'jax {jax.__version__}, jaxkink {jaxkink.__version__}')
+  print(f'shape {shape}, {_DTYPE.value}, median / min of {repeats} calls; '
+        f'ratio = jaxkink median / baseline median\n', flush=True)
+  rows = benchmark(shape, jnp.dtype(_DTYPE.value), repeats)
+  print('\n' + format_table(rows))
+  if _OUT.value:
+    rundir.write_json(_OUT.value, {
+        'shape': shape, 'dtype': _DTYPE.value, 'repeats': repeats,
+        'kink': KINK, 'sweep': SWEEP, 'rows': rows,
+        'environment': rundir.environment()})
+    print(f'\nwrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  app.run(main)
