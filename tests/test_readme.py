@@ -1,0 +1,28 @@
+"""The README's tour runs as written."""
+
+from __future__ import annotations
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_readme_tour_runs():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
+  assert blocks, 'README has no python block'
+  namespace = {}
+  exec(compile(blocks[0], 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert float(namespace['grads'][1]) == 0.5
+  assert namespace['kinks'].pool_beta == 1.0
+
+
+def test_readme_test_command_is_the_ci_command():
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    readme = f.read()
+  with open(os.path.join(ROOT, '.ci', 'run')) as f:
+    ci = [l.strip() for l in f if l.strip() and not l.startswith('#')]
+  test_command = ci[-1]
+  assert test_command == 'python -m pytest -n 2'
+  assert f"pip install -e '.[test]' && {test_command}" in readme
