@@ -1,0 +1,181 @@
+"""Layer builders shared by the model zoo.
+
+Every model turns its fields into one :class:`Layers` value and builds its
+layers through it, so that dtypes, matmul precision, the initialiser, batch
+norm and the activation are set in one place, and every nonsmooth operation
+goes through the ``Kinks`` value given at call time. Call the builders from
+inside a ``nn.compact`` method: the flax layers they create become children
+of the calling module (flax's ``Dense_0``, ``Conv_0``, ``BatchNorm_0``
+names).
+
+Geometry follows PyTorch: convolution padding is an explicit symmetric
+integer (``padding=1`` is PyTorch's ``padding=1``, not ``'SAME'``, which pads
+asymmetrically for even inputs with stride 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxkink.kinks import Kinks
+from jaxkink.models import initializers
+from jaxkink.typing import Array
+
+ACTIVATIONS = ('relu', 'relu6', 'leaky_relu')
+
+# torchvision-style stem pools: window, strides, symmetric padding.
+POOLS = {
+    '3x3s2': ((3, 3), (2, 2), 1),  # nn.MaxPool2d(3, 2, padding=1)
+    '2x2s2': ((2, 2), (2, 2), 0),  # nn.MaxPool2d(2, 2) / TMLR MaxPool2DBeta
+    'none': None,
+}
+
+
+def check_choice(what: str, value: Any, choices: Sequence[Any]) -> Any:
+  """Returns ``value`` if it is one of ``choices``, else a clear error."""
+  if value not in choices:
+    raise ValueError(f'unknown {what} {value!r}; valid: '
+                     f'{", ".join(map(str, choices))}')
+  return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """How a model builds its layers.
+
+  Attributes:
+    init_scheme: initialiser scheme, one of :data:`initializers.INITS`.
+    dtype: computation dtype (``None``: inferred by flax from inputs and
+      parameters).
+    param_dtype: dtype the parameters are created in.
+    precision: matmul / convolution precision of every layer (``None``,
+      ``'highest'``, ``'tensorfloat32'``, ... as in ``jax.lax``).
+    batch_norm: use batch norm where the architecture has it; with False the
+      layer is the identity (no parameters, no statistics).
+    bn_momentum: flax's running-average momentum (PyTorch's ``1 -
+      momentum``; PyTorch's default 0.1 is 0.9 here).
+    bn_epsilon: batch norm's epsilon.
+    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
+    leaky_slope: LeakyReLU's negative slope.
+  """
+  init_scheme: str = 'pytorch'
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  batch_norm: bool = False
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
+  activation: str = 'relu'
+  leaky_slope: float = 0.01
+
+  def __post_init__(self):
+    initializers.check_init(self.init_scheme)
+    check_choice('activation', self.activation, ACTIVATIONS)
+
+  @classmethod
+  def of(cls, model: Any, **overrides) -> 'Layers':
+    """The builders for ``model``: its fields of the same names, overridden."""
+    values = {f.name: getattr(model, f.name)
+              for f in dataclasses.fields(cls) if hasattr(model, f.name)}
+    values.update(overrides)
+    return cls(**values)
+
+  def dense(self, x: Array, features: int, *, use_bias: bool = True,
+            name: str | None = None) -> Array:
+    """A dense layer over the last axis of ``x``."""
+    fan_in = x.shape[-1]
+    return nn.Dense(
+        features, use_bias=use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, precision=self.precision,
+        kernel_init=initializers.kernel_init(self.init_scheme, 'dense',
+                                             fan_in, features),
+        bias_init=initializers.bias_init(self.init_scheme, 'dense', fan_in),
+        name=name)(x)
+
+  def conv(self, x: Array, features: int, kernel_size: int | Sequence[int],
+           *, strides: int = 1, padding: int = 0, groups: int = 1,
+           use_bias: bool = True, name: str | None = None) -> Array:
+    """A 2-D convolution (NHWC) with PyTorch's symmetric integer padding."""
+    if isinstance(kernel_size, int):
+      kernel_size = (kernel_size, kernel_size)
+    kernel_size = tuple(kernel_size)
+    receptive = math.prod(kernel_size)
+    fan_in = x.shape[-1] // groups * receptive
+    fan_out = features * receptive
+    return nn.Conv(
+        features, kernel_size, strides=strides,
+        padding=tuple((padding, padding) for _ in kernel_size),
+        feature_group_count=groups, use_bias=use_bias, dtype=self.dtype,
+        param_dtype=self.param_dtype, precision=self.precision,
+        kernel_init=initializers.kernel_init(self.init_scheme, 'conv',
+                                             fan_in, fan_out),
+        bias_init=initializers.bias_init(self.init_scheme, 'conv', fan_in),
+        name=name)(x)
+
+  def norm(self, x: Array, train: bool, *, name: str | None = None) -> Array:
+    """Batch norm over the last axis, or the identity without batch norm.
+
+    In training mode it normalises with the batch's statistics and updates
+    the running averages in the ``'batch_stats'`` collection (apply with
+    ``mutable=['batch_stats']``); otherwise it uses the running averages.
+    Flax keeps the biased batch variance in the running average where
+    PyTorch keeps the unbiased one.
+    """
+    if not self.batch_norm:
+      return x
+    return nn.BatchNorm(
+        use_running_average=not train, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype,
+        param_dtype=self.param_dtype, name=name)(x)
+
+  def act(self, x: Array, kinks: Kinks) -> Array:
+    """The model's activation, through ``kinks``."""
+    if self.activation == 'relu':
+      return kinks.relu(x)
+    if self.activation == 'relu6':
+      return kinks.relu6(x)
+    return kinks.leaky_relu(x, self.leaky_slope)
+
+  def pool(self, x: Array, kinks: Kinks, pool: str) -> Array:
+    """A named max pool of :data:`POOLS` (``'none'``: the identity)."""
+    spec = POOLS[check_choice('pool', pool, tuple(POOLS))]
+    if spec is None:
+      return x
+    window, strides, pad = spec
+    return kinks.max_pool(x, window, strides, ((pad, pad), (pad, pad)))
+
+
+def dropout(x: Array, rate: float, train: bool) -> Array:
+  """Dropout with the ``'dropout'`` rng in training mode; else the identity."""
+  if rate == 0.0:
+    return x
+  return nn.Dropout(rate, deterministic=not train)(x)
+
+
+def hard_sigmoid(x: Array, kinks: Kinks) -> Array:
+  """``relu6(x + 3) / 6`` with ReLU6's kinks: the slope at x = -3 is
+  ``relu6_alpha / 6``, at x = 3 ``relu6_beta / 6``. Equals
+  ``jax.nn.hard_sigmoid`` bit for bit with the default kinks."""
+  return kinks.relu6(x + 3.0) / 6.0
+
+
+def hard_swish(x: Array, kinks: Kinks) -> Array:
+  """``x * (relu6(x + 3) / 6)`` with ReLU6's kinks (``jax.nn.hard_swish``'s
+  formula and order, bit for bit with the default kinks)."""
+  return x * hard_sigmoid(x, kinks)
+
+
+def global_avg_pool(x: Array) -> Array:
+  """Mean over the spatial axes of an NHWC array (``AdaptiveAvgPool2d(1)``
+  followed by a flatten)."""
+  return jnp.mean(x, axis=(-3, -2))
+
+
+def flatten(x: Array) -> Array:
+  """Flattens every axis but the first (the batch)."""
+  return x.reshape(x.shape[0], -1)
