@@ -2,12 +2,17 @@
 
 Kinked primitives (ReLU, ReLU6, LeakyReLU, MaxPool) whose derivative at the
 kink is an ordinary traced array, a ``Kinks`` pytree that carries those values
-through a model, kink-hit counters, and precision policies.
+through a model, kink-hit counters, and precision policies; the subpackages
+``models`` (the papers' networks), ``data`` (datasets from native files) and
+``lockstep`` (copies of a network trained side by side, vmapped over kinks).
 
 Only the names below are public API; modules whose names start with an
 underscore are not.
 """
 
+from jaxkink import data
+from jaxkink import lockstep
+from jaxkink import models
 from jaxkink.activations import leaky_relu
 from jaxkink.activations import random_kink_relu
 from jaxkink.activations import relu
@@ -30,9 +35,12 @@ __all__ = (
     'Kinks',
     'POLICIES',
     'Policy',
+    'data',
     'get_policy',
     'leaky_relu',
+    'lockstep',
     'max_pool',
+    'models',
     'pool_hits',
     'pool_output_shape',
     'random_kink_relu',

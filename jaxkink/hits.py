@@ -38,11 +38,21 @@ class KinkHits(NamedTuple):
   min_distance: Array
 
 
-def _point_hits(x: ArrayLike, points: Sequence[float], axis: Axis) -> KinkHits:
+RELU_KINKS = (0.0,)
+RELU6_KINKS = (0.0, 6.0)
+
+
+def kink_distance(x: ArrayLike, points: Sequence[float] = RELU_KINKS) -> Array:
+  """Element-wise distance of ``x`` to the nearest of the kink ``points``."""
   x = jnp.asarray(x)
   dist = jnp.full(x.shape, jnp.inf, x.dtype)
   for p in points:
     dist = jnp.minimum(dist, jnp.abs(x - jnp.asarray(p, x.dtype)))
+  return dist
+
+
+def _point_hits(x: ArrayLike, points: Sequence[float], axis: Axis) -> KinkHits:
+  dist = kink_distance(x, points)
   on_kink = dist == 0
   count = jnp.sum(on_kink, axis=axis, dtype=jnp.int32)
   return KinkHits(count, jnp.min(dist, axis=axis, initial=jnp.inf))
@@ -54,12 +64,12 @@ def relu_hits(x: ArrayLike, axis: Axis = None) -> KinkHits:
   ``min_distance`` is ``min |x|``. ``-0.0`` counts as a hit: it compares
   equal to 0, and so takes the kink value in the backward pass.
   """
-  return _point_hits(x, (0.0,), axis)
+  return _point_hits(x, RELU_KINKS, axis)
 
 
 def relu6_hits(x: ArrayLike, axis: Axis = None) -> KinkHits:
   """Entries of ``x`` exactly at 0 or 6; ``min_distance`` to the nearer one."""
-  return _point_hits(x, (0.0, 6.0), axis)
+  return _point_hits(x, RELU6_KINKS, axis)
 
 
 def pool_hits(x: ArrayLike, window_shape: Sequence[int],

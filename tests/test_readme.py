@@ -5,17 +5,27 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_readme_tour_runs():
+def test_readme_python_blocks_run(monkeypatch):
   with open(os.path.join(ROOT, 'README.md')) as f:
     blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
-  assert blocks, 'README has no python block'
+  assert len(blocks) == 3, 'README: tour, models and data blocks expected'
+  monkeypatch.chdir(ROOT)  # the data block names ../shared/data
   namespace = {}
-  exec(compile(blocks[0], 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  tour, models, data = blocks
+  exec(compile(tour, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert float(namespace['grads'][1]) == 0.5
   assert namespace['kinks'].pool_beta == 1.0
+  exec(compile(models, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['logits'].shape == (1, 10)
+  if not os.path.isdir(os.path.join(ROOT, '..', 'shared', 'data', 'mnist')):
+    pytest.skip('../shared/data/mnist is absent: the data block reads it')
+  exec(compile(data, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  assert namespace['x'].shape == (128, 784)
 
 
 def test_readme_test_command_is_the_ci_command():

@@ -1,0 +1,350 @@
+r"""The bifurcation experiment (Bertoin et al., NeurIPS 2021, Figure 1).
+
+Three copies of an MLP start from the same weights (PyTorch's default
+initialisation) and train with plain SGD on the same MNIST minibatches, in
+lockstep inside one jitted, vmapped step: ReLU'(0) = s0, ReLU'(0) = s1, and
+a second s0 copy as a control. The L1 distance between the s0 and s1 weights
+stays exactly 0 until a hidden pre-activation is exactly 0 on the current
+minibatch; the control's distance stays 0 throughout.
+
+Setting of the reference notebook (``deel-ai/relu-prime``,
+``introduction_experiment/expeSurprise.ipynb``): 784-2000-128-10, minibatch
+128 in file order (no shuffling), inputs scaled to [0, 1] only, mean
+cross-entropy, SGD with learning rate drawn uniformly in [0.01, 0.012].
+``--activation=relu6`` gives Figure 8 (784-4000-256-10, both ReLU6 kinks at
+s0 vs s1).
+
+Run::
+
+  python experiments/bifurcation.py --data_dir=../shared/data \
+      --precision=float32 --steps=3000 --seeds=0,1,2,3,4 --out=runs/bif32
+
+Each seed writes ``<out>/seed_<k>/``: ``records.npz`` (per step: distances,
+losses, min |pre-activation| and kink hits per layer and member),
+``summary.json`` (the parting step and which layer / sample / neuron hit the
+kink), ``parting_params.npz`` (the weights just before the parting update,
+for ``zero_map.py``), ``bifurcation.png``, and a checkpoint from which an
+interrupted run resumes to the same numbers. ``<out>/summary.json`` and
+``<out>/parting.png`` gather the seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxkink
+from jaxkink import data
+from jaxkink import lockstep
+from jaxkink import models
+from jaxkink import rundir
+
+_OUT = flags.DEFINE_string('out', 'runs/bifurcation', 'Run directory.')
+_PRECISION = flags.DEFINE_string('precision', 'float32',
+                                 'Precision policy (float32, float64, ...).')
+_ACTIVATION = flags.DEFINE_enum('activation', 'relu', ['relu', 'relu6'],
+                                'Hidden activation.')
+_WIDTHS = flags.DEFINE_list(
+    'widths', None, 'Layer widths after the input, e.g. 2000,128,10 '
+    '(default: 2000,128,10 for relu, 4000,256,10 for relu6).')
+_KINKS = flags.DEFINE_list('kink_values', ['0', '1'],
+                           'The two kink values s0,s1 (the control is s0).')
+_STEPS = flags.DEFINE_integer('steps', 469, 'SGD iterations (469 = an epoch '
+                              'of 128 with a last partial batch dropped: 468).')
+_BATCH = flags.DEFINE_integer('batch_size', 128, 'Minibatch size.')
+_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (initialisation and lr).')
+_LR = flags.DEFINE_float('lr', None, 'Step size; default: drawn uniformly in '
+                         '[0.01, 0.012] from the seed, as the reference code.')
+_SHUFFLE = flags.DEFINE_boolean('shuffle', False, 'Shuffle each epoch (the '
+                                'reference code visits the file order).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory (default '
+                                '$JAXKINK_DATA_DIR, else the bundled sample).')
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    'checkpoint_every', 250, 'Steps between checkpoints (resume points).')
+
+MEMBERS = ('s0', 's1', 's0 control')
+DEFAULT_WIDTHS = {'relu': (2000, 128, 10), 'relu6': (4000, 256, 10)}
+
+
+def learning_rate(seed: int) -> float:
+  """The reference code's step: ``0.01 * (U[0, 1) / 5 + 1)``, seeded."""
+  u = jax.random.uniform(jax.random.fold_in(jax.random.key(seed), 1))
+  return float(0.01 * (u / 5 + 1))
+
+
+def init_params(model, seed: int, dim: int, policy) -> Any:
+  params = model.init(jax.random.fold_in(jax.random.key(seed), 0),
+                      jnp.zeros((1, dim)), jaxkink.Kinks())['params']
+  return policy.cast_params(params)
+
+
+def minibatch_order(num_examples: int, batch_size: int, steps: int,
+                    seed: int, shuffle: bool) -> np.ndarray:
+  """Example indices per step ``(steps, batch_size)``, epoch after epoch."""
+  per_epoch = num_examples // batch_size
+  if per_epoch == 0:
+    raise app.UsageError(f'batch size {batch_size} exceeds the {num_examples} '
+                         'training examples')
+  rows = []
+  for epoch in range(-(-steps // per_epoch)):
+    order = data.epoch_order(num_examples, seed if shuffle else None, epoch)
+    rows.append(order[:per_epoch * batch_size].reshape(per_epoch, batch_size))
+  return np.concatenate(rows)[:steps]
+
+
+def named_arrays(params) -> dict[str, np.ndarray]:
+  """``{'Dense_0/kernel': array, ...}`` for saving a parameter tree."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  return {'/'.join(str(k.key) for k in path): np.asarray(a)
+          for path, a in flat}
+
+
+def _save_checkpoint(path: str, step: int, params, records) -> None:
+  leaves = jax.tree.leaves(params)
+  arrays = {f'param_{i}': np.asarray(a) for i, a in enumerate(leaves)}
+  arrays.update({f'record_{k}': v for k, v in records.items()})
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, step=step, **arrays)
+  os.replace(tmp, path)
+
+
+def _load_checkpoint(path: str, params):
+  with np.load(path) as z:
+    leaves, treedef = jax.tree.flatten(params)
+    restored = [jnp.asarray(z[f'param_{i}']) for i in range(len(leaves))]
+    records = {k[len('record_'):]: z[k] for k in z.files
+               if k.startswith('record_')}
+    return int(z['step']), jax.tree.unflatten(treedef, restored), records
+
+
+def run_seed(seed: int, out: str, *, images, labels, model, policy,
+             activation: str, kink_values: Sequence[float], steps: int,
+             batch_size: int, lr: float | None, shuffle: bool,
+             checkpoint_every: int) -> dict[str, Any]:
+  """Trains the three copies for one seed; returns the seed's summary."""
+  os.makedirs(out, exist_ok=True)
+  lr = learning_rate(seed) if lr is None else lr
+  order = minibatch_order(len(labels), batch_size, steps, seed, shuffle)
+  params = lockstep.replicate(init_params(model, seed, images.shape[1],
+                                          policy), len(MEMBERS))
+  s0, s1 = kink_values
+  kinks = lockstep.kinks_for(activation, jnp.asarray([s0, s1, s0],
+                                                     policy.compute_dtype))
+  step_fn = lockstep.make_step(model, policy, activation=activation)
+
+  ckpt = os.path.join(out, 'checkpoint.npz')
+  start, records = 0, {}
+  if os.path.exists(ckpt):
+    start, params, records = _load_checkpoint(ckpt, params)
+    print(f'  seed {seed}: resuming at step {start}', flush=True)
+  chunks = {k: [v] for k, v in records.items()}
+  parting = _parting(records)
+  t0, done = time.time(), start
+  for k in range(start, steps):
+    batch = order[k]
+    x, y = images[batch], labels[batch]
+    before = params
+    params, rec = step_fn(params, kinks, x, y, lr)
+    rec = jax.tree.map(np.asarray, rec._asdict())
+    for key, v in rec.items():
+      chunks.setdefault(key, []).append(v[None])
+    if parting is None and rec['l1_to_first'][1] > 0:
+      parting = k
+      np.savez(os.path.join(out, 'parting_params.npz'), step=k,
+               batch=batch, **named_arrays(jax.tree.map(lambda a: a[0],
+                                                        before)))
+    done = k + 1
+    if done % checkpoint_every == 0 or done == steps:
+      records = {key: np.concatenate(v) for key, v in chunks.items()}
+      chunks = {key: [v] for key, v in records.items()}
+      _save_checkpoint(ckpt, done, params, records)
+      rate = (done - start) / (time.time() - t0)
+      print(f'  seed {seed}: step {done}/{steps}, {rate:.1f} steps/s, ETA '
+            f'{(steps - done) / rate:.0f} s, |theta_s0 - theta_s1|_1 = '
+            f'{records["l1_to_first"][-1, 1]:.3g}, control '
+            f'{records["l1_to_first"][-1, 2]:.3g}', flush=True)
+  records = {key: np.concatenate(v) for key, v in chunks.items()}
+  np.savez(os.path.join(out, 'records.npz'), **records)
+  summary = _summarise(records, seed=seed, lr=lr, order=order)
+  rundir.write_json(os.path.join(out, 'summary.json'), summary)
+  plot_seed(os.path.join(out, 'bifurcation.png'), records, summary,
+            activation)
+  return summary
+
+
+def _parting(records: dict[str, np.ndarray]) -> int | None:
+  if not records:
+    return None
+  parted = np.flatnonzero(records['l1_to_first'][:, 1] > 0)
+  return int(parted[0]) if parted.size else None
+
+
+def _summarise(records, *, seed: int, lr: float,
+               order: np.ndarray) -> dict[str, Any]:
+  parting = _parting(records)
+  steps = len(records['loss'])
+  summary = {
+      'seed': seed, 'lr': lr, 'steps': steps,
+      'parting_iteration': None if parting is None else parting + 1,
+      'control_max_l1': float(records['l1_to_first'][:, 2].max()),
+      'final_l1': float(records['l1_to_first'][-1, 1]),
+      'steps_with_hits': int(np.sum(records['hits'][:, 0].sum(axis=1) > 0)),
+      'min_distance_overall': records['min_distance'][:, 0].min(
+          axis=0).tolist(),
+  }
+  if parting is not None:
+    hits = records['hits'][parting, 0]
+    layer = int(np.flatnonzero(hits)[0]) if hits.any() else None
+    summary['parting'] = {
+        'hits_per_layer': hits.tolist(),
+        'layer': layer,
+        'sample_in_batch': (int(records['closest'][parting, 0, layer, 0])
+                            if layer is not None else None),
+        'neuron': (int(records['closest'][parting, 0, layer, 1])
+                   if layer is not None else None),
+    }
+    if layer is not None:
+      summary['parting']['example_index'] = int(
+          order[parting][summary['parting']['sample_in_batch']])
+  return summary
+
+
+def plot_seed(path: str, records, summary, activation: str) -> None:
+  """Figure 1 (left, center): L1 distances and min distance to the kink."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  steps = np.arange(1, len(records['loss']) + 1)
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
+  l1 = records['l1_to_first']
+  ax1.semilogy(steps, np.where(l1[:, 1] > 0, l1[:, 1], np.nan),
+               label=r'$\|\theta_{k,s_0} - \theta_{k,s_1}\|_1$')
+  ax1.semilogy(steps, np.where(l1[:, 2] > 0, l1[:, 2], np.nan),
+               label=r'control $\|\theta_{k,s_0} - \tilde\theta_{k,s_0}\|_1$'
+               f' (max {l1[:, 2].max():g})')
+  kink = 'the kink' if activation == 'relu' else 'a kink (0 or 6)'
+  dist = records['min_distance'][:, 0]
+  for layer in range(dist.shape[1]):
+    d = dist[:, layer]
+    ax2.semilogy(steps, np.where(d > 0, d, np.nan), lw=0.8,
+                 label=f'hidden layer {layer + 1}')
+    zero = steps[d == 0]
+    ax2.plot(zero, np.full(zero.shape, np.nanmin(np.where(dist > 0, dist,
+                                                          np.nan)) / 10),
+             'v', ms=6, label=f'layer {layer + 1}: exactly on {kink}'
+             if zero.size else None)
+  parting = summary['parting_iteration']
+  for ax in (ax1, ax2):
+    if parting is not None:
+      ax.axvline(parting, color='red', lw=0.8, ls='--',
+                 label=f'runs part at iteration {parting}')
+    ax.set_xlabel('iteration')
+    ax.legend(fontsize=8)
+  ax1.set_title(f'weight distance (seed {summary["seed"]}, lr '
+                f'{summary["lr"]:.5f})')
+  ax2.set_title(f'min distance of a pre-activation to {kink} (s0 run)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_partings(path: str, summaries: Sequence[dict[str, Any]],
+                  steps: int) -> None:
+  """The parting iteration of every seed (never = beyond the last step)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, ax = plt.subplots(figsize=(6, 3))
+  seeds = [s['seed'] for s in summaries]
+  parts = [np.nan if s['parting_iteration'] is None else s['parting_iteration']
+           for s in summaries]
+  ax.bar(np.arange(len(seeds)), np.nan_to_num(parts, nan=steps),
+         color=['C0' if p == p else 'lightgray' for p in parts])
+  ax.set_xticks(np.arange(len(seeds)), [str(s) for s in seeds])
+  ax.set_xlabel('seed')
+  ax.set_ylabel('parting iteration (gray: none)')
+  ax.set_title(f'first iteration where the s0 and s1 runs differ ({steps} '
+               'steps)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  try:
+    policy = jaxkink.get_policy(_PRECISION.value, check=False)
+    widths = tuple(int(w) for w in (_WIDTHS.value or
+                                    DEFAULT_WIDTHS[_ACTIVATION.value]))
+    kink_values = [float(v) for v in _KINKS.value]
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if len(kink_values) != 2:
+    raise app.UsageError('--kink_values takes exactly two values, s0,s1')
+  if _STEPS.value < 1 or _BATCH.value < 1:
+    raise app.UsageError('--steps and --batch_size must be positive')
+  if policy.needs_x64:
+    jax.config.update('jax_enable_x64', True)
+  policy.check()
+
+  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  print(f'MNIST train: {len(ds)} examples from {ds.source}')
+  print(f'precision policy: {policy}')
+  images = data.preprocess(jnp.asarray(ds.images), 'mnist', normalize=False,
+                           flatten=True, dtype=policy.input_dtype)
+  labels = jnp.asarray(ds.labels)
+  model = models.MLP(widths=widths, activation=_ACTIVATION.value,
+                     dtype=policy.compute_dtype,
+                     param_dtype=policy.param_dtype,
+                     precision=policy.jax_precision)
+
+  out = _OUT.value
+  os.makedirs(out, exist_ok=True)
+  flag_values = {'precision': policy.name, 'activation': _ACTIVATION.value,
+                 'widths': widths, 'kink_values': kink_values,
+                 'steps': _STEPS.value, 'batch_size': _BATCH.value,
+                 'seeds': seeds, 'lr': _LR.value, 'shuffle': _SHUFFLE.value,
+                 'data': ds.describe()}
+  rundir.write_json(os.path.join(out, 'flags.json'), flag_values)
+  rundir.write_json(os.path.join(out, 'environment.json'),
+                    rundir.environment())
+  rundir.write_json(os.path.join(out, 'policy.json'), policy.to_dict())
+  summaries = []
+  with policy.scope():
+    for seed in seeds:
+      summaries.append(run_seed(
+          seed, os.path.join(out, f'seed_{seed}'), images=images,
+          labels=labels, model=model, policy=policy,
+          activation=_ACTIVATION.value, kink_values=kink_values,
+          steps=_STEPS.value, batch_size=_BATCH.value, lr=_LR.value,
+          shuffle=_SHUFFLE.value, checkpoint_every=_CHECKPOINT_EVERY.value))
+      s = summaries[-1]
+      where = s.get('parting', {})
+      print(f'seed {seed}: parting iteration {s["parting_iteration"]}'
+            f' (layer {where.get("layer")}, sample {where.get("sample_in_batch")}'
+            f', neuron {where.get("neuron")}); control max L1 '
+            f'{s["control_max_l1"]:g}', flush=True)
+  parts = [s['parting_iteration'] for s in summaries]
+  rundir.write_json(os.path.join(out, 'summary.json'), {
+      'parting_iterations': parts,
+      'parted': sum(p is not None for p in parts), 'seeds': len(parts),
+      'control_max_l1': max(s['control_max_l1'] for s in summaries),
+      'per_seed': summaries})
+  plot_partings(os.path.join(out, 'parting.png'), summaries, _STEPS.value)
+  print(json.dumps({'parting_iterations': parts}))
+
+
+if __name__ == '__main__':
+  app.run(main)

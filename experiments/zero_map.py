@@ -1,0 +1,170 @@
+r"""The bifurcation zone in a random plane (NeurIPS 2021, Figures 1 and 6, right).
+
+Takes the weights of a ``bifurcation.py`` run at the iteration where the
+s = 0 and s = 1 runs part, and the minibatch of that iteration. Through those
+weights it draws a random 2D plane (uniform among 2D subspaces: two Gaussian
+directions, orthonormalised) in the parameter space of the first-layer
+neuron that hit the kink (its weights and bias), and evaluates that neuron's
+pre-activations on the minibatch over a grid of the plane, vmapped. Each
+pixel shows ``min_i |z_i|`` over the minibatch's samples ``i``; white pixels
+are exact zeros, i.e. weights in the bifurcation zone of this minibatch.
+In float32 the zero set is a band of visible width; in float64 it is much
+thinner at the same scale.
+
+Run (after ``bifurcation.py``)::
+
+  python experiments/zero_map.py --run=runs/bif_f32/seed_0 \
+      --data_dir=../shared/data --precisions=float32,float64
+
+Writes ``<run>/zero_map/zero_map.png``, ``zero_map.npz`` and ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Sequence
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxkink
+from jaxkink import data
+from jaxkink import rundir
+
+_RUN = flags.DEFINE_string('run', None, 'A bifurcation.py seed directory '
+                           '(with parting_params.npz and summary.json).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory.')
+_PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'float64'],
+                                'Precision policies to map.')
+_GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis.')
+_RADIUS = flags.DEFINE_float('radius', 2e-7, 'Half-width of the grid, in '
+                             'parameter units along each direction.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random plane.')
+_OUT = flags.DEFINE_string('out', None, 'Output directory (default '
+                           '<run>/zero_map).')
+
+
+def random_plane(key: jax.Array, dim: int) -> np.ndarray:
+  """Two orthonormal directions spanning a uniformly random 2D subspace.
+
+  The span of two independent standard Gaussian vectors is uniformly
+  distributed on the Grassmannian (rotation invariance); QR gives an
+  orthonormal basis of it.
+  """
+  g = np.asarray(jax.random.normal(key, (dim, 2)), np.float64)
+  q, _ = np.linalg.qr(g)
+  return q.T
+
+
+def neuron_map(w: np.ndarray, b: float, x: np.ndarray, plane: np.ndarray,
+               coords: np.ndarray, dtype) -> jax.Array:
+  """``min_i |x_i . w' + b'|`` for ``(w', b') = (w, b) + a u + c v``.
+
+  Args:
+    w: the neuron's input weights ``(d,)``; b its bias.
+    x: the minibatch ``(n, d)``.
+    plane: ``(2, d + 1)`` orthonormal directions in (weights, bias) space.
+    coords: ``(m, 2)`` plane coordinates ``(a, c)``.
+    dtype: the dtype everything is cast to before the evaluation.
+
+  Returns:
+    ``(m,)`` the distance of the neuron to its kink over the minibatch.
+  """
+  theta = jnp.asarray(np.append(w, b), dtype)
+  plane = jnp.asarray(plane, dtype)
+  x = jnp.asarray(x, dtype)
+
+  def one(ac):
+    t = theta + ac[0] * plane[0] + ac[1] * plane[1]
+    return jnp.min(jnp.abs(x @ t[:-1] + t[-1]))
+
+  return jax.jit(jax.vmap(one))(jnp.asarray(coords, dtype))
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if not _RUN.value:
+    raise app.UsageError('--run is required (a bifurcation.py seed directory)')
+  try:
+    policies = [jaxkink.get_policy(p, check=False) for p in _PRECISIONS.value]
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if any(p.needs_x64 for p in policies):
+    jax.config.update('jax_enable_x64', True)
+  path = os.path.join(_RUN.value, 'parting_params.npz')
+  if not os.path.exists(path):
+    raise app.UsageError(f'{path} not found: that run never parted (or is not '
+                         'a bifurcation.py seed directory)')
+  with open(os.path.join(_RUN.value, 'summary.json')) as f:
+    summary = json.load(f)
+  parting = summary.get('parting') or {}
+  with np.load(path) as z:
+    kernel, bias = z['Dense_0/kernel'], z['Dense_0/bias']
+    batch = z['batch']
+  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  x = np.asarray(data.preprocess(jnp.asarray(ds.images[batch]), 'mnist',
+                                 normalize=False, flatten=True))
+  if parting.get('layer') == 0:
+    neuron = parting['neuron']
+  else:  # the hit was deeper: map the first-layer neuron closest to 0
+    neuron = int(np.argmin(np.min(np.abs(x @ kernel + bias), axis=0)))
+  w, b = kernel[:, neuron].astype(np.float64), float(bias[neuron])
+  plane = random_plane(jax.random.key(_SEED.value), w.size + 1)
+  axis = np.linspace(-_RADIUS.value, _RADIUS.value, _GRID.value)
+  coords = np.stack(np.meshgrid(axis, axis, indexing='xy'), -1).reshape(-1, 2)
+
+  out = _OUT.value or os.path.join(_RUN.value, 'zero_map')
+  os.makedirs(out, exist_ok=True)
+  maps, stats = {}, {}
+  for policy in policies:
+    with policy.scope():
+      values = np.asarray(neuron_map(w, b, x, plane, coords,
+                                     policy.compute_dtype), np.float64)
+    maps[policy.name] = values.reshape(_GRID.value, _GRID.value)
+    stats[policy.name] = {'zero_fraction': float(np.mean(values == 0)),
+                          'center_value': float(maps[policy.name][
+                              _GRID.value // 2, _GRID.value // 2])}
+    print(f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of the '
+          f'grid, value at the centre {stats[policy.name]["center_value"]:g}')
+  np.savez(os.path.join(out, 'zero_map.npz'), axis=axis, **maps)
+  rundir.write_json(os.path.join(out, 'summary.json'), {
+      'run': _RUN.value, 'neuron': neuron, 'parting': parting,
+      'radius': _RADIUS.value, 'grid': _GRID.value, 'seed': _SEED.value,
+      'maps': stats})
+  plot(os.path.join(out, 'zero_map.png'), axis, maps, neuron,
+       summary.get('parting_iteration'))
+  print(f'wrote {out}/zero_map.png')
+
+
+def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
+         neuron: int, iteration: int | None) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, len(maps), figsize=(5.5 * len(maps), 4.6),
+                           squeeze=False)
+  extent = [axis[0], axis[-1], axis[0], axis[-1]]
+  for ax, (name, m) in zip(axes[0], maps.items()):
+    cmap = plt.get_cmap('viridis').copy()
+    cmap.set_bad('white')
+    img = ax.imshow(np.log10(np.where(m > 0, m, np.nan)), origin='lower',
+                    extent=extent, cmap=cmap, aspect='equal')
+    fig.colorbar(img, ax=ax, label=r'$\log_{10} \min_i |z_i|$')
+    ax.set_title(f'{name}: exact zeros (white) {np.mean(m == 0):.1%}')
+    ax.set_xlabel('direction 1')
+    ax.set_ylabel('direction 2')
+  fig.suptitle(f'first-layer neuron {neuron} on the minibatch of iteration '
+               f'{iteration}, random plane through the weights')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+if __name__ == '__main__':
+  app.run(main)
