@@ -57,6 +57,7 @@ def main(argv: Sequence[str]) -> None:
   y = jnp.asarray(rng.integers(0, widths[-1], size=_BATCH.value))
   params = model.init(jax.random.key(0), x[:1], jaxkink.Kinks())['params']
   step = lockstep.make_step(model, policy)
+  unrolled = lockstep.make_step(model, policy, batching='unroll')
   values = [0.0, 1.0, 0.0]
   three = lockstep.replicate(params, 3)
   kinks3 = lockstep.kinks_for('relu', values)
@@ -65,22 +66,29 @@ def main(argv: Sequence[str]) -> None:
   def vmapped(state):
     return step(three if state is None else state, kinks3, x, y, 0.01)[0]
 
+  def unroll(state):
+    return unrolled(three if state is None else state, kinks3, x, y, 0.01)[0]
+
   def separate(state):
     state = state or [lockstep.replicate(params, 1)] * 3
     return [step(p, k, x, y, 0.01)[0] for p, k in zip(state, singles)]
 
   with policy.scope():
     rate_v = _time(vmapped, _ITERATIONS.value)
+    rate_u = _time(unroll, _ITERATIONS.value)
     rate_s = _time(separate, _ITERATIONS.value)
   env = rundir.environment()
   print(f'device: {env["device_kind"]} ({env["backend"]}), jax '
         f'{env["versions"]["jax"]}; MLP 784-{"-".join(map(str, widths))}, '
         f'batch {_BATCH.value}, {policy.name}, {_ITERATIONS.value} iterations')
   print(f'| 3 copies vmapped, one step | {rate_v:.2f} it/s |')
+  print(f'| 3 copies unrolled in one step | {rate_u:.2f} it/s |')
   print(f'| 3 separate single-copy steps | {rate_s:.2f} it/s |')
   print(f'| ratio vmapped / separate | {rate_v / rate_s:.2f} |')
+  print(f'| ratio unrolled / separate | {rate_u / rate_s:.2f} |')
   if _OUT.value:
     rundir.write_json(_OUT.value, {'vmapped_it_per_s': rate_v,
+                                   'unrolled_it_per_s': rate_u,
                                    'separate_it_per_s': rate_s,
                                    'widths': widths, 'batch': _BATCH.value,
                                    'policy': policy.to_dict(),

@@ -226,11 +226,13 @@ def plot_seed(path: str, records, summary, activation: str) -> None:
   steps = np.arange(1, len(records['loss']) + 1)
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
   l1 = records['l1_to_first']
-  ax1.semilogy(steps, np.where(l1[:, 1] > 0, l1[:, 1], np.nan),
-               label=r'$\|\theta_{k,s_0} - \theta_{k,s_1}\|_1$')
-  ax1.semilogy(steps, np.where(l1[:, 2] > 0, l1[:, 2], np.nan),
-               label=r'control $\|\theta_{k,s_0} - \tilde\theta_{k,s_0}\|_1$'
-               f' (max {l1[:, 2].max():g})')
+  ax1.plot(steps, l1[:, 1], label=r'$\|\theta_{k,s_0} - \theta_{k,s_1}\|_1$')
+  ax1.plot(steps, l1[:, 2], ls='--',
+           label=r'control $\|\theta_{k,s_0} - \tilde\theta_{k,s_0}\|_1$'
+           f' (max {l1[:, 2].max():g})')
+  # Linear around 0 so that the exact zeros before the parting show.
+  ax1.set_yscale('symlog', linthresh=1e-8)
+  ax1.set_ylim(bottom=0)
   kink = 'the kink' if activation == 'relu' else 'a kink (0 or 6)'
   dist = records['min_distance'][:, 0]
   for layer in range(dist.shape[1]):

@@ -75,7 +75,7 @@ def _closest(distance: Array) -> Array:
 
 
 def make_step(model: nn.Module, policy: Policy, *,
-              activation: str = 'relu') -> Callable:
+              activation: str = 'relu', batching: str = 'vmap') -> Callable:
   """A jitted lockstep SGD step for ``model``.
 
   The returned function is ``step(params, kinks, x, y, lr) -> (params,
@@ -91,7 +91,13 @@ def make_step(model: nn.Module, policy: Policy, *,
     policy: the precision policy (casts inputs, loss and parameters).
     activation: ``'relu'`` (kink at 0) or ``'relu6'`` (kinks at 0 and 6),
       for the hit counters.
+    batching: ``'vmap'`` computes the members as one batched program;
+      ``'unroll'`` writes one copy of the member's computation per member
+      into the same jitted program (plain matrix products instead of batched
+      ones, faster on CPUs: see BUILD_NOTES.md).
   """
+  if batching not in ('vmap', 'unroll'):
+    raise ValueError(f"batching must be 'vmap' or 'unroll', got {batching!r}")
   points = hits_lib.RELU6_KINKS if activation == 'relu6' else hits_lib.RELU_KINKS
 
   def loss_fn(params, kinks, x, y):
@@ -116,8 +122,15 @@ def make_step(model: nn.Module, policy: Policy, *,
   def step(params, kinks, x, y, lr):
     x = policy.cast_inputs(x)
     lr = jnp.asarray(lr, policy.param_dtype)
-    new, loss, dist, hit, closest = jax.vmap(
-        member, in_axes=(0, 0, None, None, None))(params, kinks, x, y, lr)
+    if batching == 'vmap':
+      new, loss, dist, hit, closest = jax.vmap(
+          member, in_axes=(0, 0, None, None, None))(params, kinks, x, y, lr)
+    else:
+      take = lambda tree, m: jax.tree.map(lambda a: a[m], tree)
+      outs = [member(take(params, m), take(kinks, m), x, y, lr)
+              for m in range(jax.tree.leaves(kinks)[0].shape[0])]
+      new, loss, dist, hit, closest = jax.tree.map(
+          lambda *a: jnp.stack(a), *outs)
     first = jax.tree.map(lambda a: a[0], new)
     l1 = jax.vmap(lambda p: l1_distance(p, first))(new)
     return new, StepRecord(loss, dist, hit, closest, l1)
