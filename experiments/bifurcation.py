@@ -47,28 +47,8 @@ from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import rundir
 
-_OUT = flags.DEFINE_string('out', 'runs/bifurcation', 'Run directory.')
-_PRECISION = flags.DEFINE_string('precision', 'float32',
-                                 'Precision policy (float32, float64, ...).')
-_ACTIVATION = flags.DEFINE_enum('activation', 'relu', ['relu', 'relu6'],
-                                'Hidden activation.')
-_WIDTHS = flags.DEFINE_list(
-    'widths', None, 'Layer widths after the input, e.g. 2000,128,10 '
-    '(default: 2000,128,10 for relu, 4000,256,10 for relu6).')
-_KINKS = flags.DEFINE_list('kink_values', ['0', '1'],
-                           'The two kink values s0,s1 (the control is s0).')
-_STEPS = flags.DEFINE_integer('steps', 469, 'SGD iterations (469 = an epoch '
-                              'of 128 with a last partial batch dropped: 468).')
-_BATCH = flags.DEFINE_integer('batch_size', 128, 'Minibatch size.')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (initialisation and lr).')
-_LR = flags.DEFINE_float('lr', None, 'Step size; default: drawn uniformly in '
-                         '[0.01, 0.012] from the seed, as the reference code.')
-_SHUFFLE = flags.DEFINE_boolean('shuffle', False, 'Shuffle each epoch (the '
-                                'reference code visits the file order).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory (default '
-                                '$JAXKINK_DATA_DIR, else the bundled sample).')
-_CHECKPOINT_EVERY = flags.DEFINE_integer(
-    'checkpoint_every', 250, 'Steps between checkpoints (resume points).')
+FLAGS = flags.FLAGS
+
 
 MEMBERS = ('s0', 's1', 's0 control')
 DEFAULT_WIDTHS = {'relu': (2000, 128, 10), 'relu6': (4000, 256, 10)}
@@ -282,42 +262,69 @@ def plot_partings(path: str, summaries: Sequence[dict[str, Any]],
   plt.close(fig)
 
 
+def define_flags() -> None:
+  """Defines the script's flags (only when it runs as a script, so that tests
+  can import it beside other experiments)."""
+  flags.DEFINE_string('out', 'runs/bifurcation', 'Run directory.')
+  flags.DEFINE_string('precision', 'float32',
+                      'Precision policy (float32, float64, ...).')
+  flags.DEFINE_enum('activation', 'relu', ['relu', 'relu6'],
+                    'Hidden activation.')
+  flags.DEFINE_list('widths', None, 'Layer widths after the input, e.g. '
+                    '2000,128,10 (default: 2000,128,10 for relu, '
+                    '4000,256,10 for relu6).')
+  flags.DEFINE_list('kink_values', ['0', '1'],
+                    'The two kink values s0,s1 (the control is s0).')
+  flags.DEFINE_integer('steps', 469, 'SGD iterations (an epoch of 128 is 468 '
+                       'steps: the last partial batch is dropped).')
+  flags.DEFINE_integer('batch_size', 128, 'Minibatch size.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds (initialisation and lr).')
+  flags.DEFINE_float('lr', None, 'Step size; default: drawn uniformly in '
+                     '[0.01, 0.012] from the seed, as the reference code.')
+  flags.DEFINE_boolean('shuffle', False, 'Shuffle each epoch (the reference '
+                       'code visits the file order).')
+  flags.DEFINE_string('data_dir', None, 'MNIST directory (default '
+                      '$JAXKINK_DATA_DIR, else the bundled sample).')
+  flags.DEFINE_integer('checkpoint_every', 250,
+                       'Steps between checkpoints (resume points).')
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    policy = jaxkink.get_policy(_PRECISION.value, check=False)
-    widths = tuple(int(w) for w in (_WIDTHS.value or
-                                    DEFAULT_WIDTHS[_ACTIVATION.value]))
-    kink_values = [float(v) for v in _KINKS.value]
-    seeds = [int(s) for s in _SEEDS.value]
+    policy = jaxkink.get_policy(FLAGS.precision, check=False)
+    widths = tuple(int(w) for w in (FLAGS.widths or
+                                    DEFAULT_WIDTHS[FLAGS.activation]))
+    kink_values = [float(v) for v in FLAGS.kink_values]
+    seeds = [int(s) for s in FLAGS.seeds]
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if len(kink_values) != 2:
     raise app.UsageError('--kink_values takes exactly two values, s0,s1')
-  if _STEPS.value < 1 or _BATCH.value < 1:
+  if FLAGS.steps < 1 or FLAGS.batch_size < 1:
     raise app.UsageError('--steps and --batch_size must be positive')
   if policy.needs_x64:
     jax.config.update('jax_enable_x64', True)
   policy.check()
 
-  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir)
   print(f'MNIST train: {len(ds)} examples from {ds.source}')
   print(f'precision policy: {policy}')
   images = data.preprocess(jnp.asarray(ds.images), 'mnist', normalize=False,
                            flatten=True, dtype=policy.input_dtype)
   labels = jnp.asarray(ds.labels)
-  model = models.MLP(widths=widths, activation=_ACTIVATION.value,
+  model = models.MLP(widths=widths, activation=FLAGS.activation,
                      dtype=policy.compute_dtype,
                      param_dtype=policy.param_dtype,
                      precision=policy.jax_precision)
 
-  out = _OUT.value
+  out = FLAGS.out
   os.makedirs(out, exist_ok=True)
-  flag_values = {'precision': policy.name, 'activation': _ACTIVATION.value,
+  flag_values = {'precision': policy.name, 'activation': FLAGS.activation,
                  'widths': widths, 'kink_values': kink_values,
-                 'steps': _STEPS.value, 'batch_size': _BATCH.value,
-                 'seeds': seeds, 'lr': _LR.value, 'shuffle': _SHUFFLE.value,
+                 'steps': FLAGS.steps, 'batch_size': FLAGS.batch_size,
+                 'seeds': seeds, 'lr': FLAGS.lr, 'shuffle': FLAGS.shuffle,
                  'data': ds.describe()}
   rundir.write_json(os.path.join(out, 'flags.json'), flag_values)
   rundir.write_json(os.path.join(out, 'environment.json'),
@@ -329,9 +336,9 @@ def main(argv: Sequence[str]) -> None:
       summaries.append(run_seed(
           seed, os.path.join(out, f'seed_{seed}'), images=images,
           labels=labels, model=model, policy=policy,
-          activation=_ACTIVATION.value, kink_values=kink_values,
-          steps=_STEPS.value, batch_size=_BATCH.value, lr=_LR.value,
-          shuffle=_SHUFFLE.value, checkpoint_every=_CHECKPOINT_EVERY.value))
+          activation=FLAGS.activation, kink_values=kink_values,
+          steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
+          shuffle=FLAGS.shuffle, checkpoint_every=FLAGS.checkpoint_every))
       s = summaries[-1]
       where = s.get('parting', {})
       print(f'seed {seed}: parting iteration {s["parting_iteration"]}'
@@ -344,9 +351,10 @@ def main(argv: Sequence[str]) -> None:
       'parted': sum(p is not None for p in parts), 'seeds': len(parts),
       'control_max_l1': max(s['control_max_l1'] for s in summaries),
       'per_seed': summaries})
-  plot_partings(os.path.join(out, 'parting.png'), summaries, _STEPS.value)
+  plot_partings(os.path.join(out, 'parting.png'), summaries, FLAGS.steps)
   print(json.dumps({'parting_iterations': parts}))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -44,20 +44,13 @@ import numpy as np
 import jaxkink
 from jaxkink import rundir
 
+FLAGS = flags.FLAGS
+
 # The paper's grid of t (Tables 1 and 3) and its two vectors.
 T_GRID = (-1e-3, -1e-2, -1e-1, 0.0, 1e1, 1e2, 1e3)
 XS = {'x1': (1.0, 2.0, 3.0, 4.0), 'x2': (1.4, 1.4, 1.4, 1.4)}
 PRECISIONS = ('float16', 'float32', 'float64')
 
-_OUT = flags.DEFINE_string('out', 'runs/zero_program',
-                           'Run directory for the table, raw values and plot.')
-_PRECISIONS = flags.DEFINE_list('precisions', list(PRECISIONS),
-                                'Precision policies to run (float16, float32, '
-                                'float64, bfloat16, ...).')
-_T = flags.DEFINE_list('t', [repr(t) for t in T_GRID], 'Values of t.')
-_PLOT_POINTS = flags.DEFINE_integer(
-    'plot_points', 301, 'Values of c in [0.5, 2] for the plot of '
-    '|zero\'(1)| at x = (c, c, c, c) (0: no plot).')
 
 
 def max_pooled(z: jax.Array, beta: float) -> jax.Array:
@@ -155,22 +148,34 @@ def plot(path: str, precisions: Sequence[str], points: int) -> None:
   plt.close(fig)
 
 
+def define_flags() -> None:
+  """Defines the script's flags (only when it runs as a script, so that tests
+  can import it beside other experiments)."""
+  flags.DEFINE_string('out', 'runs/zero_program',
+                      'Run directory for the table, raw values and plot.')
+  flags.DEFINE_list('precisions', list(PRECISIONS), 'Precision policies to '
+                    'run (float16, float32, float64, bfloat16, ...).')
+  flags.DEFINE_list('t', [repr(t) for t in T_GRID], 'Values of t.')
+  flags.DEFINE_integer('plot_points', 301, 'Values of c in [0.5, 2] for the '
+                       "plot of |zero'(1)| at x = (c, c, c, c) (0: no plot).")
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    policies = [jaxkink.get_policy(p, check=False) for p in _PRECISIONS.value]
+    policies = [jaxkink.get_policy(p, check=False) for p in FLAGS.precisions]
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   if any(p.needs_x64 for p in policies):
     jax.config.update('jax_enable_x64', True)
   precisions = [p.name for p in policies]
   try:
-    ts = [float(t) for t in _T.value]
+    ts = [float(t) for t in FLAGS.t]
   except ValueError as e:
     raise app.UsageError(f'--t must be a list of numbers: {e}') from e
 
-  out = _OUT.value
+  out = FLAGS.out
   os.makedirs(out, exist_ok=True)
   results, tables = [], []
   for program in PROGRAMS:
@@ -183,18 +188,19 @@ def main(argv: Sequence[str]) -> None:
                      't': t, 'derivative': v} for t, v in zip(ts, row)]
 
   rundir.write_json(os.path.join(out, 'flags.json'), {
-      'precisions': precisions, 't': ts, 'plot_points': _PLOT_POINTS.value})
+      'precisions': precisions, 't': ts, 'plot_points': FLAGS.plot_points})
   rundir.write_json(os.path.join(out, 'environment.json'), rundir.environment())
   rundir.write_json(os.path.join(out, 'policies.json'),
                     [jaxkink.POLICIES[p].to_dict() for p in precisions])
   rundir.write_text(os.path.join(out, 'results.json'),
                     json.dumps(results, indent=1) + '\n')
   rundir.write_text(os.path.join(out, 'table.md'), '\n\n'.join(tables) + '\n')
-  if _PLOT_POINTS.value > 0:
-    plot(os.path.join(out, 'zero_program.png'), precisions, _PLOT_POINTS.value)
+  if FLAGS.plot_points > 0:
+    plot(os.path.join(out, 'zero_program.png'), precisions, FLAGS.plot_points)
   print(f'wrote {out}/table.md, results.json, environment.json'
-        + (', zero_program.png' if _PLOT_POINTS.value > 0 else ''))
+        + (', zero_program.png' if FLAGS.plot_points > 0 else ''))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import (POOLS, Layers, check_choice, dropout,
-                                   global_avg_pool)
+from jaxkink.models.layers import (POOLS, KinkedModule, Layers, check_choice,
+                                   dropout, global_avg_pool)
 from jaxkink.models.resnet import STEMS
 from jaxkink.typing import Array
 
 
-class DenseNet(nn.Module):
+class DenseNet(KinkedModule):
   """torchvision's DenseNet-BC, for 32x32 or 224x224 inputs.
 
   Stem ``conv -> [BN] -> act -> max pool``; per dense layer
@@ -48,12 +48,7 @@ class DenseNet(nn.Module):
     stem: ``'imagenet'`` (7x7 stride 2 pad 3) or ``'cifar'`` (3x3 stride 1).
     stem_pool: ``'3x3s2'``, ``'2x2s2'`` or ``'none'``.
     batch_norm: batch norm where DenseNet has it; False: the identity.
-    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
-    leaky_slope: LeakyReLU's negative slope.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul / convolution precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   growth_rate: int = 32
   block_config: Sequence[int] = (6, 12, 24, 16)
@@ -63,16 +58,8 @@ class DenseNet(nn.Module):
   num_classes: int = 10
   stem: str = 'imagenet'
   stem_pool: str = '3x3s2'
-  batch_norm: bool = False
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
 
   def __post_init__(self):
-    Layers.of(self)
     check_choice('stem', self.stem, STEMS)
     check_choice('stem_pool', self.stem_pool, tuple(POOLS))
     super().__post_init__()

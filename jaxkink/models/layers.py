@@ -179,3 +179,36 @@ def global_avg_pool(x: Array) -> Array:
 def flatten(x: Array) -> Array:
   """Flattens every axis but the first (the batch)."""
   return x.reshape(x.shape[0], -1)
+
+
+def _option(default: Any) -> Any:
+  return dataclasses.field(default=default, kw_only=True)
+
+
+class KinkedModule(nn.Module):
+  """Base of the model zoo: the options every model shares.
+
+  They are keyword-only fields, so each model's own fields keep their
+  positions (``VGG('vgg13')``, ``MLP((256, 10))``).
+
+  Attributes:
+    batch_norm: use batch norm where the architecture has it (each model says
+      where); False makes it the identity (no parameters, no statistics).
+    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
+    leaky_slope: LeakyReLU's negative slope.
+    init_scheme: initialiser scheme (``initializers.INITS``).
+    dtype: computation dtype (None: inferred).
+    param_dtype: parameter dtype.
+    precision: matmul / convolution precision of every layer.
+  """
+  batch_norm: bool = _option(False)
+  activation: str = _option('relu')
+  leaky_slope: float = _option(0.01)
+  init_scheme: str = _option('pytorch')
+  dtype: Any = _option(None)
+  param_dtype: Any = _option(jnp.float32)
+  precision: Any = _option(None)
+
+  def __post_init__(self):
+    Layers.of(self)  # checks the option names early, with clear errors
+    super().__post_init__()

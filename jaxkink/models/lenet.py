@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import Layers, flatten
+from jaxkink.models.layers import KinkedModule, Layers, flatten
 from jaxkink.typing import Array
 
 
-class LeNet5(nn.Module):
+class LeNet5(KinkedModule):
   """LeNet-5 as in the TMLR MaxPool paper's code.
 
   ``ryanboustany/MaxPool-numerical``, ``models/lenet.py`` (after
@@ -33,25 +30,9 @@ class LeNet5(nn.Module):
   Attributes:
     num_classes: output size.
     batch_norm: batch norm after each pooling and hidden dense layer.
-    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
-    leaky_slope: LeakyReLU's negative slope.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul / convolution precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   num_classes: int = 10
-  batch_norm: bool = False
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
-
-  def __post_init__(self):
-    Layers.of(self)
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: Array, kinks: Kinks, train: bool = False) -> Array:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import Layers, dropout, flatten
+from jaxkink.models.layers import KinkedModule, Layers, dropout, flatten
 from jaxkink.typing import Array
 
 
-class MLP(nn.Module):
+class MLP(KinkedModule):
   """Dense layers with a kinked activation between them.
 
   Each hidden layer is ``Dense -> [BatchNorm] -> activation -> [Dropout]``
@@ -38,31 +37,18 @@ class MLP(nn.Module):
   Attributes:
     widths: output size of each dense layer, the last one being the number
       of classes, e.g. ``(256, 256, 256, 10)``; the input size is inferred.
-    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
-    leaky_slope: LeakyReLU's negative slope.
     dropout: dropout rate after each hidden activation (0: none).
     batch_norm: batch norm after each hidden dense layer (before the
       activation); False makes it the identity.
     relu_after_first: False leaves the first hidden layer without activation
       (dropout and batch norm still apply), as the reference notebook does.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   widths: Sequence[int] = (256, 256, 256, 10)
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
   dropout: float = 0.0
-  batch_norm: bool = False
   relu_after_first: bool = True
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
 
   def __post_init__(self):
-    Layers.of(self)  # validates the names early
     if not self.widths:
       raise ValueError('MLP needs at least one width (the output layer)')
     super().__post_init__()

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import dataclasses
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import (Layers, dropout, global_avg_pool,
-                                   hard_sigmoid, hard_swish)
+from jaxkink.models.layers import (KinkedModule, Layers, dropout,
+                                   global_avg_pool, hard_sigmoid, hard_swish)
 from jaxkink.typing import Array
 
 # torchvision's ``mobilenet_v3_small`` bottlenecks: kernel, expanded
@@ -37,7 +37,7 @@ def make_divisible(value: float, divisor: int = 8) -> int:
   return new + divisor if new < 0.9 * value else new
 
 
-class MobileNetV3Small(nn.Module):
+class MobileNetV3Small(KinkedModule):
   """torchvision's ``mobilenet_v3_small`` with every kink through ``Kinks``.
 
   The 'RE' layers (the first three bottlenecks and every
@@ -69,27 +69,16 @@ class MobileNetV3Small(nn.Module):
     dropout: classifier dropout rate (torchvision: 0.2).
     batch_norm: batch norm after every convolution.
     activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'`` for 'RE' layers.
-    leaky_slope: LeakyReLU's negative slope.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul / convolution precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   num_classes: int = 10
   blocks: Sequence[tuple[int, int, int, bool, str, int]] = SMALL
   last_channel: int = 1024
   width_mult: float = 1.0
   dropout: float = 0.2
-  batch_norm: bool = True
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
+  batch_norm: bool = dataclasses.field(default=True, kw_only=True)
 
   def __post_init__(self):
-    Layers.of(self)
     for row in self.blocks:
       if len(row) != 6 or row[4] not in ('RE', 'HS'):
         raise ValueError(f'bad MobileNetV3 block {row!r}: expected (kernel, '

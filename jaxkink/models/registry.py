@@ -129,8 +129,10 @@ def _lookup(name: str):
 
 
 def _fields(cls) -> tuple[str, ...]:
-  return tuple(f.name for f in dataclasses.fields(cls)
-               if f.init and f.name not in ('parent', 'name'))
+  """The model's own fields first, then the keyword-only shared options."""
+  fields = [f for f in dataclasses.fields(cls)
+            if f.init and f.name not in ('parent', 'name')]
+  return tuple(f.name for f in sorted(fields, key=lambda f: bool(f.kw_only)))
 
 
 def _convert(key: str, value: Any, default: Any) -> Any:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import POOLS, Layers, check_choice, global_avg_pool
+from jaxkink.models.layers import (POOLS, KinkedModule, Layers, check_choice,
+                                   global_avg_pool)
 from jaxkink.typing import Array
 
 BLOCKS = ('basic', 'bottleneck')
@@ -76,7 +76,7 @@ def _shortcut(x: Array, features: int, strides: int, ly: Layers,
   return ly.norm(y, train, name='downsample_norm')
 
 
-class ResNet(nn.Module):
+class ResNet(KinkedModule):
   """torchvision's ResNet, with the papers' CIFAR modification.
 
   ``stem`` selects the first convolution: ``'cifar'`` a 3x3 stride-1
@@ -109,12 +109,7 @@ class ResNet(nn.Module):
     stem: ``'cifar'`` or ``'imagenet'``.
     stem_pool: ``'3x3s2'``, ``'2x2s2'`` or ``'none'``.
     batch_norm: batch norm after every convolution.
-    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
-    leaky_slope: LeakyReLU's negative slope.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul / convolution precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
   block: str = 'basic'
@@ -122,16 +117,8 @@ class ResNet(nn.Module):
   width: int = 64
   stem: str = 'cifar'
   stem_pool: str = '3x3s2'
-  batch_norm: bool = False
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
 
   def __post_init__(self):
-    Layers.of(self)
     check_choice('block', self.block, BLOCKS)
     check_choice('stem', self.stem, STEMS)
     check_choice('stem_pool', self.stem_pool, tuple(POOLS))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Sequence, Union
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 from jaxkink.kinks import Kinks
-from jaxkink.models.layers import Layers, flatten
+from jaxkink.models.layers import KinkedModule, Layers, flatten
 from jaxkink.typing import Array
 
 # torchvision's convolution stacks (``cfgs`` 'A', 'B', 'D', 'E'): an integer
@@ -24,7 +23,7 @@ CONFIGS: dict[str, tuple[Union[int, str], ...]] = {
 }
 
 
-class VGG(nn.Module):
+class VGG(KinkedModule):
   """VGG for 32x32 inputs: torchvision's conv stack, one linear classifier.
 
   ``conv 3x3 pad 1 -> [BN] -> act`` per integer of ``config``, a 2x2/2 max
@@ -44,25 +43,12 @@ class VGG(nn.Module):
     config: a ``CONFIGS`` name or a sequence of widths and ``'M'``.
     num_classes: output size.
     batch_norm: batch norm after each convolution.
-    activation: ``'relu'``, ``'relu6'`` or ``'leaky_relu'``.
-    leaky_slope: LeakyReLU's negative slope.
-    init_scheme: initialiser scheme (``initializers.INITS``).
-    dtype: computation dtype (None: inferred).
-    param_dtype: parameter dtype.
-    precision: matmul / convolution precision of every layer.
+    (and the shared keyword-only options of :class:`KinkedModule`)
   """
   config: Union[str, Sequence[Union[int, str]]] = 'vgg11'
   num_classes: int = 10
-  batch_norm: bool = False
-  activation: str = 'relu'
-  leaky_slope: float = 0.01
-  init_scheme: str = 'pytorch'
-  dtype: Any = None
-  param_dtype: Any = jnp.float32
-  precision: Any = None
 
   def __post_init__(self):
-    Layers.of(self)
     self.stack()
     super().__post_init__()
 
