@@ -199,9 +199,7 @@ def _summarise(records, *, seed: int, lr: float,
 
 def plot_seed(path: str, records, summary, activation: str) -> None:
   """Figure 1 (left, center): L1 distances and min distance to the kink."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = rundir.pyplot()
 
   steps = np.arange(1, len(records['loss']) + 1)
   fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4))
@@ -242,9 +240,7 @@ def plot_seed(path: str, records, summary, activation: str) -> None:
 def plot_partings(path: str, summaries: Sequence[dict[str, Any]],
                   steps: int) -> None:
   """The parting iteration of every seed (never = beyond the last step)."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = rundir.pyplot()
 
   fig, ax = plt.subplots(figsize=(6, 3))
   seeds = [s['seed'] for s in summaries]

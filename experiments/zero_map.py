@@ -143,9 +143,7 @@ def main(argv: Sequence[str]) -> None:
 
 def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
          neuron: int, iteration: int | None) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = rundir.pyplot()
 
   fig, axes = plt.subplots(1, len(maps), figsize=(5.5 * len(maps), 4.6),
                            squeeze=False)

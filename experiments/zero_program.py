@@ -119,9 +119,7 @@ def plot(path: str, precisions: Sequence[str], points: int) -> None:
   it depends on is the tied value c, through the rounding of ``c * 3/4 -
   c/4 - c/4 - c/4``. The plot shows how often that residue is exactly 0.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  plt = rundir.pyplot()
 
   cs = np.linspace(0.5, 2.0, points)
   fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)

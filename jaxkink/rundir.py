@@ -64,3 +64,15 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 def write_json(path: str | os.PathLike, obj: Any) -> None:
   """Writes ``obj`` as indented JSON to ``path`` atomically."""
   write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
+
+
+def pyplot():
+  """``matplotlib.pyplot`` on the file-only Agg backend, for run plots.
+
+  Experiments write their plots into the run directory and may run on
+  machines without a display, so they select Agg before pyplot is imported.
+  """
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
