@@ -289,7 +289,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    policy = jaxkink.get_policy(FLAGS.precision, check=False)
+    policy, = jaxkink.policies_for_program([FLAGS.precision])
     widths = tuple(int(w) for w in (FLAGS.widths or
                                     DEFAULT_WIDTHS[FLAGS.activation]))
     kink_values = [float(v) for v in FLAGS.kink_values]
@@ -300,9 +300,6 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError('--kink_values takes exactly two values, s0,s1')
   if FLAGS.steps < 1 or FLAGS.batch_size < 1:
     raise app.UsageError('--steps and --batch_size must be positive')
-  if policy.needs_x64:
-    jax.config.update('jax_enable_x64', True)
-  policy.check()
 
   ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir)
   print(f'MNIST train: {len(ds)} examples from {ds.source}')

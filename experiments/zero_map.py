@@ -91,11 +91,9 @@ def main(argv: Sequence[str]) -> None:
   if not _RUN.value:
     raise app.UsageError('--run is required (a bifurcation.py seed directory)')
   try:
-    policies = [jaxkink.get_policy(p, check=False) for p in _PRECISIONS.value]
+    policies = jaxkink.policies_for_program(_PRECISIONS.value)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  if any(p.needs_x64 for p in policies):
-    jax.config.update('jax_enable_x64', True)
   path = os.path.join(_RUN.value, 'parting_params.npz')
   if not os.path.exists(path):
     raise app.UsageError(f'{path} not found: that run never parted (or is not '

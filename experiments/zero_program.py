@@ -162,11 +162,9 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    policies = [jaxkink.get_policy(p, check=False) for p in FLAGS.precisions]
+    policies = jaxkink.policies_for_program(FLAGS.precisions)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  if any(p.needs_x64 for p in policies):
-    jax.config.update('jax_enable_x64', True)
   precisions = [p.name for p in policies]
   try:
     ts = [float(t) for t in FLAGS.t]

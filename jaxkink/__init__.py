@@ -27,6 +27,7 @@ from jaxkink.pooling import pool_output_shape
 from jaxkink.precision import POLICIES
 from jaxkink.precision import Policy
 from jaxkink.precision import get_policy
+from jaxkink.precision import policies_for_program
 
 __version__ = '0.1.0'
 
@@ -41,6 +42,7 @@ __all__ = (
     'lockstep',
     'max_pool',
     'models',
+    'policies_for_program',
     'pool_hits',
     'pool_output_shape',
     'random_kink_relu',

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -190,3 +190,19 @@ def get_policy(name: str | Policy, *, check: bool = True) -> Policy:
         f'{", ".join(POLICIES)} (aliases: {", ".join(sorted(_ALIASES))})')
   return POLICIES[key].check() if check else POLICIES[key]
 
+
+def policies_for_program(names: Sequence[str | Policy]) -> list[Policy]:
+  """The named policies, for a program that will run them all.
+
+  Turns ``jax_enable_x64`` on when one of them is 64 bits wide (a global
+  switch: call this at program start, before any JAX computation), then
+  checks each policy. Policies with fewer bits keep their own dtypes
+  explicitly, so they compute as before.
+
+  Raises:
+    ValueError: for an unknown name (the message lists the valid ones).
+  """
+  policies = [get_policy(n, check=False) for n in names]
+  if any(p.needs_x64 for p in policies):
+    jax.config.update('jax_enable_x64', True)
+  return [p.check() for p in policies]
