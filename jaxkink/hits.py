@@ -87,11 +87,10 @@ def pool_hits(x: ArrayLike, window_shape: Sequence[int],
     x = x[None]
   geom = pooling.window_geometry(x.shape, window_shape, strides, padding)
   y = pooling.reduce_max(x, geom)
-  members = pooling.window_slices(x, y, geom)
-  _, count = pooling.window_maxima(x, y, geom)
   neg_inf = jnp.array(-jnp.inf, x.dtype)
-  second = neg_inf
-  for _, v, ok in members:
+  count, second = 0, neg_inf
+  for _, v, ok in pooling.window_slices(x, y, geom):
+    count = count + ((v == y) & ok).astype(jnp.int32)
     second = jnp.maximum(second, jnp.where(ok & (v != y), v, neg_inf))
   gap = jnp.where(count > 1, jnp.zeros_like(y), y - second)
   if unbatched:
