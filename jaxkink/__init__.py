@@ -4,7 +4,9 @@ Kinked primitives (ReLU, ReLU6, LeakyReLU, MaxPool) whose derivative at the
 kink is an ordinary traced array, a ``Kinks`` pytree that carries those values
 through a model, kink-hit counters, and precision policies; the subpackages
 ``models`` (the papers' networks), ``data`` (datasets from native files) and
-``lockstep`` (copies of a network trained side by side, vmapped over kinks).
+``lockstep`` (copies of a network trained side by side, vmapped over kinks),
+``montecarlo`` (the Monte Carlo volume engine) and ``zones`` (its summaries
+with confidence intervals).
 
 Only the names below are public API; modules whose names start with an
 underscore are not.
@@ -13,11 +15,14 @@ underscore are not.
 from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
+from jaxkink import montecarlo
+from jaxkink import zones
 from jaxkink.activations import leaky_relu
 from jaxkink.activations import random_kink_relu
 from jaxkink.activations import relu
 from jaxkink.activations import relu6
 from jaxkink.hits import KinkHits
+from jaxkink.hits import TapedKinks
 from jaxkink.hits import pool_hits
 from jaxkink.hits import relu6_hits
 from jaxkink.hits import relu_hits
@@ -36,12 +41,14 @@ __all__ = (
     'Kinks',
     'POLICIES',
     'Policy',
+    'TapedKinks',
     'data',
     'get_policy',
     'leaky_relu',
     'lockstep',
     'max_pool',
     'models',
+    'montecarlo',
     'policies_for_program',
     'pool_hits',
     'pool_output_shape',
@@ -50,4 +57,5 @@ __all__ = (
     'relu6',
     'relu6_hits',
     'relu_hits',
+    'zones',
 )

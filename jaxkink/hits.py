@@ -13,11 +13,15 @@ axes by default, so ``jax.vmap`` it for per-sample or per-theta numbers).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple, Sequence
 
 import jax.numpy as jnp
+from flax import struct
+from jax import lax
 
 from jaxkink import pooling
+from jaxkink.kinks import Kinks
 from jaxkink.typing import Array, ArrayLike, Padding
 
 Axis = int | Sequence[int] | None
@@ -98,3 +102,53 @@ def pool_hits(x: ArrayLike, window_shape: Sequence[int],
   tie = count > 1
   return KinkHits(jnp.sum(tie, axis=axis, dtype=jnp.int32),
                   jnp.min(gap, axis=axis, initial=jnp.inf))
+
+
+@struct.dataclass
+class TapedKinks(Kinks):
+  """:class:`Kinks` that also counts, per kinked operation, the kink hits.
+
+  Each ``relu`` / ``relu6`` / ``leaky_relu`` / ``max_pool`` call appends the
+  :class:`KinkHits` of its input to ``tape`` (a trace-time list, in call
+  order), computed from the very array the operation differentiates: the
+  input goes through ``lax.optimization_barrier`` first, so XLA cannot
+  recompute it differently (e.g. with another fusion or FMA contraction) for
+  the counters and for the backward pass. Use it inside the traced function
+  and return the tape's contents from that function::
+
+    taped = TapedKinks.of(kinks)
+    logits = model.apply(variables, x, taped)
+    return loss(logits), list(taped.tape)
+
+  ``reduce`` gives the axes the counts are summed over (all by default).
+  """
+  tape: list = struct.field(pytree_node=False, default_factory=list)
+
+  @classmethod
+  def of(cls, kinks: Kinks) -> 'TapedKinks':
+    """A taped copy of ``kinks`` with an empty tape."""
+    return cls(**{f.name: getattr(kinks, f.name)
+                  for f in dataclasses.fields(Kinks)}, tape=[])
+
+  def relu(self, x: ArrayLike) -> Array:
+    x = lax.optimization_barrier(jnp.asarray(x))
+    self.tape.append(relu_hits(lax.stop_gradient(x)))
+    return super().relu(x)
+
+  def relu6(self, x: ArrayLike) -> Array:
+    x = lax.optimization_barrier(jnp.asarray(x))
+    self.tape.append(relu6_hits(lax.stop_gradient(x)))
+    return super().relu6(x)
+
+  def leaky_relu(self, x: ArrayLike, slope: ArrayLike = 0.01) -> Array:
+    x = lax.optimization_barrier(jnp.asarray(x))
+    self.tape.append(relu_hits(lax.stop_gradient(x)))
+    return super().leaky_relu(x, slope)
+
+  def max_pool(self, x: ArrayLike, window_shape: Sequence[int],
+               strides: Sequence[int] | None = None,
+               padding: Padding = 'VALID') -> Array:
+    x = lax.optimization_barrier(jnp.asarray(x))
+    self.tape.append(pool_hits(lax.stop_gradient(x), window_shape, strides,
+                               padding))
+    return super().max_pool(x, window_shape, strides, padding)

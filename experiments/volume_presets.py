@@ -1,0 +1,170 @@
+"""The papers' volume experiments as lists of runs of ``volume.py``.
+
+A preset is a list of :class:`Run` (a label and the flag values it sets) and
+how to plot them: each run writes ``<out>/<label>/``, and the preset's plot
+puts the runs side by side (``sweep``: the proportion of thetas in the zone
+against the swept value, one line per precision; ``histogram``: the L1
+differences ``D`` of every pair, one panel per comparison).
+
+Sources: Bertoin et al., NeurIPS 2021 (Table 1, Figure 2, Figures 5 and 16 of
+the appendix); Boustany, TMLR (Table 2, Figures 1-4, Table 4). Settings the
+papers do not state are recorded in BUILD_NOTES.md (issue 6).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+PRECISIONS = ('float16', 'float32', 'float64')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One run: ``label`` (its sub-directory), the flags it sets, and for
+  sweeps its value on the x axis."""
+  label: str
+  flags: dict[str, Any]
+  x: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """Runs and how to plot them.
+
+  Attributes:
+    runs: the runs, in order.
+    plot: ``'bars'``, ``'sweep'`` or ``'histogram'``.
+    x: for sweeps, the flag plotted on the x axis.
+    description: one line for ``--helpshort`` and the run's summary.
+  """
+  runs: tuple[Run, ...]
+  plot: str = 'bars'
+  x: str | None = None
+  description: str = ''
+
+
+_MNIST = dict(dataset='mnist', normalize=False, batch_size=256,
+              kinks='relu:0,1', samples=1000)
+
+
+def _mlp(widths) -> dict[str, Any]:
+  return dict(model='mlp', model_opt=(f'widths={",".join(map(str, widths))}',))
+
+
+def _table1() -> tuple[Run, ...]:
+  runs = []
+  for variant, extra in (
+      ('reference', dict(model='mlp_reference', first_layer_only=True)),
+      ('clean', _mlp((256, 256, 256, 10)))):
+    for p in PRECISIONS:
+      runs.append(Run(f'{variant}_{p}', {**_MNIST, **extra, 'precision': p}))
+  return tuple(runs)
+
+
+def _sweep(name: str, values, make) -> tuple[Run, ...]:
+  return tuple(Run(f'{name}{v}_{p}', {**_MNIST, **make(v), 'precision': p},
+                   x=v)
+               for v in values for p in PRECISIONS)
+
+
+def _vgg_resnet_bn() -> tuple[Run, ...]:
+  runs = []
+  for model in ('vgg11', 'resnet18'):
+    for bn in (False, True):
+      for p in PRECISIONS:
+        runs.append(Run(f'{model}_bn{int(bn)}_{p}', dict(
+            model=model, model_opt=(f'batch_norm={bn}',), dataset='cifar10',
+            normalize=True, batch_size=128, kinks='relu:0,1', samples=100,
+            precision=p)))
+  return tuple(runs)
+
+
+_CIFAR_POOL = dict(dataset='cifar10', normalize=True, batch_size=128,
+                   kinks='pool:0,1', samples=1000)
+
+
+def _tmlr_fig4() -> tuple[Run, ...]:
+  runs = []
+  for model in ('vgg11', 'vgg13', 'vgg16', 'vgg19'):
+    for p in PRECISIONS:
+      runs.append(Run(f'{model}_{p}', {**_CIFAR_POOL, 'model': model,
+                                       'precision': p}))
+  for b in (16, 32, 64, 128, 256):
+    for p in PRECISIONS:
+      runs.append(Run(f'vgg11_batch{b}_{p}', {**_CIFAR_POOL, 'model': 'vgg11',
+                                              'batch_size': b,
+                                              'precision': p}))
+  for bn in (False, True):
+    for p in PRECISIONS:
+      runs.append(Run(f'vgg11_bn{int(bn)}_{p}', {
+          **_CIFAR_POOL, 'model': 'vgg11', 'precision': p,
+          'model_opt': (f'batch_norm={bn}',)}))
+  return tuple(runs)
+
+
+def _tmlr_table4() -> tuple[Run, ...]:
+  runs = []
+  for model, ds in (('lenet5', 'mnist'), ('vgg11', 'cifar10'),
+                    ('resnet18', 'cifar10')):
+    for p in PRECISIONS:
+      common = dict(model=model, dataset=ds, normalize=True, batch_size=128,
+                    samples=100, precision=p)
+      # tau1: the same program twice (P against a copy of P).
+      runs.append(Run(f'{model}_control_{p}', {**common, 'kinks': 'pool:1,1'}))
+      # tau2: the smallest nonzero variation between ReLU'(0) = 0 and 1.
+      runs.append(Run(f'{model}_relu01_{p}', {**common, 'kinks': 'relu:0,1'}))
+  return tuple(runs)
+
+
+PRESETS: dict[str, Preset] = {
+    'table1': Preset(
+        _table1(), 'bars',
+        description="ReLU'(0) Table 1: MLP 784-256x3-10, MNIST, batch 256, "
+        'M=1000, 16/32/64 bits; the reference notebook variant (no ReLU '
+        'after layer 1, first-layer weight gradient) and the clean one'),
+    'fig2_train_size': Preset(
+        _sweep('train_size', (1000, 5000, 10000, 30000, 60000),
+               lambda v: {**_mlp((256,) * 4 + (10,)), 'train_size': v}),
+        'sweep', 'train_size',
+        "ReLU'(0) Figure 2, first panel: 4 hidden layers of 256, varying the "
+        'training-set size'),
+    'fig2_width': Preset(
+        _sweep('width', (16, 32, 64, 128, 256, 512, 1024),
+               lambda v: _mlp((v,) * 3 + (10,))), 'sweep', 'width',
+        "ReLU'(0) Figure 2, second panel: 3 hidden layers, varying the width"),
+    'fig2_depth': Preset(
+        _sweep('depth', (1, 2, 3, 4, 5, 6),
+               lambda v: _mlp((256,) * v + (10,))), 'sweep', 'depth',
+        "ReLU'(0) Figure 2, third panel: width 256, varying the depth"),
+    'fig2_batch_size': Preset(
+        _sweep('batch_size', (16, 32, 64, 128, 256, 512),
+               lambda v: {**_mlp((256,) * 3 + (10,)), 'batch_size': v}),
+        'sweep', 'batch_size',
+        "ReLU'(0) Figure 2, fourth panel: 3x256, varying the minibatch size"),
+    'fig5_vgg_resnet': Preset(
+        _vgg_resnet_bn(), 'bars',
+        description="ReLU'(0) Figures 5 and 16: VGG11 and ResNet18 on "
+        'CIFAR-10 with and without batch norm'),
+    'tmlr_table2': Preset(
+        tuple(Run(f'vgg11_{p}', {**_CIFAR_POOL, 'model': 'vgg11',
+                                 'precision': p}) for p in PRECISIONS),
+        'bars', description='TMLR Table 2: VGG11 CIFAR-10, native against '
+        'minimal MaxPool, 16/32/64 bits'),
+    'tmlr_fig1': Preset(
+        tuple(Run(label, dict(model='lenet5', dataset='mnist', normalize=True,
+                              batch_size=128, samples=1000,
+                              precision='float32', kinks=k))
+              for label, k in (('native_vs_minimal', 'pool:0,1'),
+                               ('native_vs_native', 'pool:0,0'),
+                               ('relu0_vs_relu1', 'relu:0,1'))),
+        'histogram', description='TMLR Figures 1-3: LeNet-5 MNIST float32, '
+        'histograms of the L1 backprop variation D'),
+    'tmlr_fig4': Preset(
+        _tmlr_fig4(), 'bars', description='TMLR Figure 4: VGG sizes, '
+        'minibatch sizes and batch norm, native against minimal MaxPool'),
+    'tmlr_table4': Preset(
+        _tmlr_table4(), 'bars', description='TMLR Table 4: thresholds tau1 '
+        '(max D of a program against itself) and tau2 (min nonzero D of '
+        "ReLU'(0)=0 against 1)"),
+}

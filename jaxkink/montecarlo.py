@@ -1,0 +1,449 @@
+"""Monte Carlo estimation of the volume of the bifurcation zone.
+
+For M weight samples theta and every minibatch B of a data set, the engine
+compares the full parameter gradient of the minibatch loss under two kink
+settings (ReLU'(0) = 0 against 1, native against minimal MaxPool, ...) and
+records, per (theta, B): whether some element differs exactly, the relative
+L2 and the L1 difference, and per kinked operation the number of kink hits
+and the smallest distance to a kink (DESIGN.md section 4; Bertoin et al.,
+NeurIPS 2021, Section 3 and Appendix C; Boustany, TMLR, Section 3.2).
+
+How it is computed, per chunk of thetas (one jitted program, ``vmap`` over
+the thetas, ``lax.scan`` over the minibatches):
+
+* the weights are drawn on the device from ``fold_in(key, index)``, so theta
+  number ``m`` is the same whatever the chunking, device count or precision
+  policy (PyTorch-style draws are made in float32 and rounded). The draws
+  use threefry with ``jax_threefry_partitionable=False``: the same bits on
+  every backend, and a third of the compile time on CPUs (BUILD_NOTES.md);
+* **one** forward pass per (theta, B) (``jax.vjp``) saves the residuals of
+  both kink settings: vmapped over the two kink values, the forward values,
+  which never depend on the kink value, are computed once, and only the
+  kink masks and the backward passes are batched over the pair;
+* the kink counters read the pre-activations of that same forward
+  (:class:`~jaxkink.hits.TapedKinks`, behind an optimisation barrier);
+* **screening**: the two pullbacks run inside ``lax.cond`` on the chunk's
+  "some kink was hit" flag (a scalar, so the branch is really skipped). With
+  no hit, both backward passes execute the same operations on the same
+  values, so the gradients are bit-identical and need not be computed. Pairs
+  in a flagged chunk are all computed; a record says which were
+  (``computed``), and an unflagged pair that was computed and differed would
+  be counted in ``Summary.screen_violations`` (zero means the claim held).
+
+The theta axis is split over the local devices with ``jax.shard_map`` (each
+device computes ``chunk`` thetas, the same shapes as a one-device run, so the
+results are bit-identical), and several processes (``jax.distributed``) each
+take every ``process_count``-th chunk; each finished chunk is written
+atomically to ``<out>/chunks/`` and a re-run skips the chunks already there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import json
+import os
+import time
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import Mesh, PartitionSpec as P
+
+from jaxkink import rundir
+from jaxkink.hits import TapedKinks
+from jaxkink.kinks import Kinks
+from jaxkink.precision import Policy
+from jaxkink.typing import Array, PyTree
+
+KINDS = ('relu', 'relu6', 'leaky_relu', 'pool')
+_FIELDS = {'relu': ('relu_s',), 'relu6': ('relu6_alpha', 'relu6_beta'),
+           'leaky_relu': ('leaky_s',), 'pool': ('pool_beta',)}
+
+
+class PairRecord(NamedTuple):
+  """What one (theta, minibatch) comparison found.
+
+  Leading axes are (thetas, minibatches) in the engine's results.
+
+  Attributes:
+    differs: some element of the full parameter gradient differs (``!=``).
+    differs_first: the first layer's kernel gradient differs (the reference
+      notebook's ``torch.equal(net1[0].weight.grad, net2[0].weight.grad)``;
+      "first" is the first ``kernel`` in flattened parameter order).
+    rel_l2: ``||g1 - g0||_2 / ||g0||_2`` over the full gradient.
+    l1: ``||g1 - g0||_1`` (the TMLR paper's backprop variation ``D``).
+    hits: ``(ops,)`` kink hits per kinked operation, in call order.
+    min_distance: ``(ops,)`` smallest distance to a kink per operation.
+    computed: the backward passes ran (False: screened out, the gradients
+      are identical by the exactness argument).
+    finite: both gradients are finite.
+  """
+  differs: Array
+  differs_first: Array
+  rel_l2: Array
+  l1: Array
+  hits: Array
+  min_distance: Array
+  computed: Array
+  finite: Array
+
+
+def kink_pair(kind: str, values: Sequence[float], *,
+              legacy_relu_grad: bool = False,
+              base: Kinks | None = None) -> Kinks:
+  """A ``Kinks`` with a leading axis of two: the two settings compared.
+
+  Args:
+    kind: which kink takes the two values: ``'relu'`` (ReLU'(0)),
+      ``'relu6'`` (ReLU6'(0) and ReLU6'(6) together), ``'leaky_relu'`` or
+      ``'pool'`` (the MaxPool tie rule beta: 0 native, 1 minimal).
+    values: the two values, e.g. ``(0, 1)``; equal values give a control.
+    legacy_relu_grad: the 2021 reference code's assigning ReLU backward.
+    base: the other kink values (default ``Kinks()``).
+  """
+  if kind not in KINDS:
+    raise ValueError(f'unknown kink kind {kind!r}; valid: {", ".join(KINDS)}')
+  values = tuple(float(v) for v in values)
+  if len(values) != 2:
+    raise ValueError(f'a kink pair needs two values, got {values}')
+  base = (base or Kinks()).replace(legacy_relu_grad=legacy_relu_grad)
+  pair = jax.tree.map(lambda a: jnp.stack([jnp.asarray(a)] * 2), base)
+  return pair.replace(**{f: jnp.asarray(values) for f in _FIELDS[kind]})
+
+
+def _first_kernel_index(params: PyTree) -> int:
+  paths = jax.tree_util.tree_flatten_with_path(params)[0]
+  for i, (path, _) in enumerate(paths):
+    if getattr(path[-1], 'key', None) == 'kernel':
+      return i
+  return 0
+
+
+def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
+                  screen: bool = True, batch_norm_mode: str = 'batch'
+                  ) -> Callable:
+  """The per-device work: ``fn(keys, xs, ys) -> PairRecord``.
+
+  ``keys`` holds one PRNG key per theta (``(C,)``), ``xs`` / ``ys`` the
+  minibatches stacked (``(R, B, ...)``, already cast to the policy's input
+  dtype). The result has leading axes ``(C, R)``. Not jitted: see
+  :class:`Engine`.
+
+  Args:
+    model: a zoo model (``apply(variables, x, kinks, train)``) whose
+      ``dtype`` / ``param_dtype`` follow ``policy``.
+    policy: the precision policy (loss dtype; inputs are cast by the caller).
+    pair: the two kink settings (:func:`kink_pair`).
+    screen: skip the backward passes of a chunk whose forward hit no kink.
+    batch_norm_mode: with batch norm, ``'batch'`` normalises with the
+      minibatch's statistics (PyTorch modules are in training mode unless
+      ``.eval()`` is called, as in the reference notebooks) and
+      ``'running'`` with the initial running averages.
+  """
+  if pair.blended_pool_forward:
+    raise ValueError('blended_pool_forward makes the forward value depend on '
+                     'beta, so the pair cannot share one forward pass')
+  if batch_norm_mode not in ('batch', 'running'):
+    raise ValueError("batch_norm_mode must be 'batch' or 'running', got "
+                     f'{batch_norm_mode!r}')
+  train = batch_norm_mode == 'batch'
+  one = jnp.ones((), policy.loss_dtype)
+  acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+
+  def loss_and_tape(params, extra, x, y, kinks):
+    taped = TapedKinks.of(kinks)
+    variables = {'params': params, **extra}
+    if extra and train:
+      logits, _ = model.apply(variables, x, taped, True,
+                              mutable=list(extra))
+    else:
+      logits = model.apply(variables, x, taped, False)
+    logits = policy.cast_loss(logits)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, tuple(taped.tape)
+
+  def theta_forward(params, extra, x, y):
+    def for_kinks(kinks):
+      _, pullback, tape = jax.vjp(
+          lambda p: loss_and_tape(p, extra, x, y, kinks), params,
+          has_aux=True)
+      return tape, pullback
+    tape, pullbacks = jax.vmap(for_kinks, out_axes=(None, 0))(pair)
+    hits = jnp.stack([t.count for t in tape])
+    dist = jnp.stack([t.min_distance.astype(acc) for t in tape])
+    return hits, dist, pullbacks
+
+  def compare(pullbacks):
+    grads = jax.vmap(lambda f: f(one)[0])(pullbacks)  # (2, ...) per leaf
+    leaves = jax.tree.leaves(grads)
+    first = _first_kernel_index(grads)
+    neq = [jnp.any(g[0] != g[1]) for g in leaves]
+    diff = [g[1].astype(acc) - g[0].astype(acc) for g in leaves]
+    sq = sum(jnp.sum(d * d) for d in diff)
+    base = sum(jnp.sum(jnp.square(g[0].astype(acc))) for g in leaves)
+    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
+    return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sq / base),
+            sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
+
+  def skipped(pullbacks):
+    c = jax.tree.leaves(pullbacks)[0].shape[0]
+    false = jnp.zeros((c,), bool)
+    zero = jnp.zeros((c,), acc)
+    return false, false, zero, zero, jnp.ones((c,), bool)
+
+  def batch_records(variables, x, y):
+    extra = {k: v for k, v in variables.items() if k != 'params'}
+    hits, dist, pullbacks = jax.vmap(theta_forward, in_axes=(0, 0, None, None))(
+        variables['params'], extra, x, y)
+    flagged = jnp.any(hits > 0)
+    run = lambda pb: jax.vmap(compare)(pb)
+    if screen:
+      out = lax.cond(flagged, run, skipped, pullbacks)
+      computed = jnp.broadcast_to(flagged, hits.shape[:1])
+    else:
+      out = run(pullbacks)
+      computed = jnp.ones(hits.shape[:1], bool)
+    differs, first, rel, l1, finite = out
+    return PairRecord(differs, first, rel, l1, hits, dist, computed, finite)
+
+  def chunk_fn(keys, xs, ys):
+    variables = jax.vmap(lambda k: model.init(k, xs[0, :1], Kinks()))(keys)
+    _, records = lax.scan(
+        lambda c, b: (c, batch_records(variables, b[0], b[1])), None,
+        (xs, ys))
+    return jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), records)
+
+  return chunk_fn
+
+
+@dataclasses.dataclass
+class Engine:
+  """Runs the comparison over ``samples`` thetas and a stacked data set.
+
+  Attributes:
+    model, policy, pair, screen, batch_norm_mode: see :func:`make_chunk_fn`.
+    samples: M, the number of weight samples.
+    chunk: thetas per device per program call.
+    seed: theta ``m`` is drawn from ``fold_in(key(seed), m)``.
+    devices: the local devices to shard the thetas over (default: all).
+  """
+  model: nn.Module
+  policy: Policy
+  pair: Kinks
+  samples: int
+  chunk: int = 16
+  seed: int = 0
+  screen: bool = True
+  batch_norm_mode: str = 'batch'
+  devices: Sequence[Any] | None = None
+
+  def __post_init__(self):
+    if self.samples < 1:
+      raise ValueError(f'samples must be >= 1, got {self.samples}')
+    if self.chunk < 1:
+      raise ValueError(f'chunk must be >= 1, got {self.chunk}')
+    self.devices = list(self.devices or jax.local_devices())
+    fn = make_chunk_fn(self.model, self.policy, self.pair, screen=self.screen,
+                       batch_norm_mode=self.batch_norm_mode)
+    if len(self.devices) > 1:
+      mesh = Mesh(np.array(self.devices), ('theta',))
+      # Each device runs the whole per-device program on its own thetas,
+      # no collective inside; check_vma=False lets the pullbacks take a
+      # replicated cotangent.
+      fn = jax.shard_map(fn, mesh=mesh, in_specs=(P('theta'), P(), P()),
+                         out_specs=P('theta'), check_vma=False)
+    self._fn = jax.jit(fn)
+
+  @property
+  def num_chunks(self) -> int:
+    return -(-self.samples // self.chunk)
+
+  def keys(self, chunk_indices: Sequence[int]) -> Array:
+    """The PRNG keys of the thetas of the given chunks, in order."""
+    index = (np.asarray(chunk_indices)[:, None] * self.chunk
+             + np.arange(self.chunk)[None, :]).reshape(-1)
+    base = jax.random.key(self.seed)
+    return jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.asarray(index, jnp.uint32))
+
+  def sample(self, indices: Sequence[int], x: Array) -> PyTree:
+    """The variables of thetas ``indices`` (leading axis), as the engine
+    draws them; ``x`` is an input batch (for the shapes)."""
+    base = jax.random.key(self.seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
+        jnp.asarray(indices, jnp.uint32))
+    with self.policy.scope(), jax.threefry_partitionable(False):
+      return jax.jit(jax.vmap(
+          lambda k: self.model.init(k, x[:1], Kinks())))(keys)
+
+  def run_chunks(self, chunk_indices: Sequence[int], xs: Array,
+                 ys: Array) -> list[PairRecord]:
+    """Computes ``len(devices)`` chunks (one per device) in one call.
+
+    Returns one host-side :class:`PairRecord` per chunk, thetas past
+    ``samples`` dropped.
+    """
+    if len(chunk_indices) != len(self.devices):
+      raise ValueError(f'need one chunk per device ({len(self.devices)}), '
+                       f'got {len(chunk_indices)}')
+    with self.policy.scope(), jax.threefry_partitionable(False):
+      out = self._fn(self.keys(chunk_indices), xs, ys)
+    out = jax.tree.map(np.asarray, out)
+    records = []
+    for j, c in enumerate(chunk_indices):
+      keep = min(self.chunk, self.samples - c * self.chunk)
+      records.append(jax.tree.map(
+          lambda a: a[j * self.chunk:j * self.chunk + keep], out))
+    return records
+
+
+def stack_batches(x: Array, y: Array, batch_size: int
+                  ) -> tuple[tuple[Array, Array], tuple[Array, Array] | None]:
+  """Splits a data set into ``(R, B, ...)`` full batches and the remainder.
+
+  Returns ``((xs, ys), tail)`` with ``tail = (x, y)`` of the last partial
+  batch (PyTorch's ``DataLoader`` default, ``drop_last=False``) or None.
+  """
+  n = x.shape[0]
+  if batch_size < 1 or batch_size > n:
+    raise ValueError(f'batch_size must be in 1..{n} (the data set size), got '
+                     f'{batch_size}')
+  r = n // batch_size
+  full = (x[:r * batch_size].reshape(r, batch_size, *x.shape[1:]),
+          y[:r * batch_size].reshape(r, batch_size))
+  tail = None if r * batch_size == n else (x[None, r * batch_size:],
+                                           y[None, r * batch_size:])
+  return full, tail
+
+
+def _chunk_path(out: str, index: int) -> str:
+  return os.path.join(out, 'chunks', f'chunk_{index:06d}.npz')
+
+
+def save_chunk(path: str, record: PairRecord) -> None:
+  """Writes one chunk's records atomically (npz)."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = path + '.tmp.npz'
+  np.savez(tmp, **record._asdict())
+  os.replace(tmp, path)
+
+
+def load_chunk(path: str) -> PairRecord:
+  """Reads a chunk written by :func:`save_chunk`."""
+  with np.load(path) as f:
+    return PairRecord(**{k: f[k] for k in PairRecord._fields})
+
+
+def load_records(out: str, num_chunks: int) -> PairRecord:
+  """All chunks of a finished run, concatenated along the theta axis."""
+  parts = [load_chunk(_chunk_path(out, i)) for i in range(num_chunks)]
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)
+
+
+class Progress:
+  """A one-line progress report: thetas done, pairs/s, ETA."""
+
+  def __init__(self, total: int, batches: int, write: Callable[[str], Any],
+               done: int = 0):
+    self.total, self.batches, self.write = total, batches, write
+    self.start_done, self.done, self.t0 = done, done, time.perf_counter()
+
+  def update(self, thetas: int) -> None:
+    self.done += thetas
+    dt = time.perf_counter() - self.t0
+    rate = (self.done - self.start_done) * self.batches / max(dt, 1e-9)
+    left = (self.total - self.done) * self.batches / max(rate, 1e-9)
+    self.write(f'thetas {self.done}/{self.total} '
+               f'({100 * self.done / self.total:.0f}%)  {rate:,.0f} pairs/s  '
+               f'ETA {_clock(left)}')
+
+
+def _clock(seconds: float) -> str:
+  m, s = divmod(int(round(seconds)), 60)
+  h, m = divmod(m, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
+
+
+def run(engine: Engine, x: Array, y: Array, batch_size: int, out: str, *,
+        progress: Callable[[str], Any] | None = None,
+        max_calls: int | None = None, wait_timeout: float = 3600.0
+        ) -> PairRecord | None:
+  """Runs (or resumes) an estimation, saving each chunk in ``out/chunks``.
+
+  Chunks already on disk are not recomputed, so an interrupted run started
+  again with the same settings continues, and ends with the same records as
+  an uninterrupted one. With several processes, each computes the chunks
+  ``i`` with ``i % process_count == process_index`` and process 0 gathers.
+
+  Args:
+    engine: the :class:`Engine`.
+    x: the whole data set, preprocessed in the policy's input dtype.
+    y: its labels.
+    batch_size: minibatch size; a last partial batch is kept.
+    out: the run directory.
+    progress: called with a progress line after each call.
+    max_calls: stop after this many program calls (tests, time limits).
+    wait_timeout: how long process 0 waits for the other processes' chunks.
+
+  Returns:
+    The records of every theta and minibatch (``(M, R)`` leading axes), or
+    None when stopped early or on processes other than 0.
+  """
+  (xs, ys), tail = stack_batches(x, y, batch_size)
+  r = xs.shape[0] + (tail is not None)
+  pid, nproc = jax.process_index(), jax.process_count()
+  mine = [i for i in range(engine.num_chunks) if i % nproc == pid]
+  todo = [i for i in mine if not os.path.exists(_chunk_path(out, i))]
+  report = Progress(engine.samples // nproc or 1, r, progress or (lambda s: None),
+                    done=(len(mine) - len(todo)) * engine.chunk)
+  width = len(engine.devices)
+  calls = 0
+  for start in range(0, len(todo), width):
+    if max_calls is not None and calls >= max_calls:
+      return None
+    group = todo[start:start + width]
+    padded = group + [group[-1]] * (width - len(group))
+    records = engine.run_chunks(padded, xs, ys)
+    if tail is not None:
+      extra = engine.run_chunks(padded, *tail)
+      records = [jax.tree.map(lambda a, b: np.concatenate([a, b], axis=1),
+                              full, last)
+                 for full, last in zip(records, extra)]
+    for index, record in zip(group, records):
+      save_chunk(_chunk_path(out, index), record)
+    calls += 1
+    report.update(sum(len(rec.differs) for rec in records[:len(group)]))
+  if pid != 0:
+    return None
+  deadline = time.monotonic() + wait_timeout
+  while not all(os.path.exists(_chunk_path(out, i))
+                for i in range(engine.num_chunks)):
+    if time.monotonic() > deadline:
+      raise TimeoutError(f'chunks of other processes missing in {out} after '
+                         f'{wait_timeout:.0f} s')
+    time.sleep(1.0)
+  return load_records(out, engine.num_chunks)
+
+
+def check_resume(out: str, config: dict[str, Any]) -> None:
+  """Saves ``config`` in ``out``, or checks it matches the saved one.
+
+  Chunks of a run can only be combined with chunks computed with the same
+  settings; a mismatch raises ValueError naming the differing keys.
+  """
+  path = os.path.join(out, 'config.json')
+  config = json.loads(json.dumps(config, default=str))
+  if os.path.exists(path) and glob.glob(os.path.join(out, 'chunks', '*.npz')):
+    with open(path) as f:
+      saved = json.load(f)
+    diff = sorted(k for k in set(saved) | set(config)
+                  if saved.get(k) != config.get(k))
+    if diff:
+      raise ValueError(f'{out} holds chunks of a run with other settings '
+                       f'({", ".join(diff)}); use another --out or delete it')
+  rundir.write_json(path, config)

@@ -1,0 +1,239 @@
+"""The Monte Carlo volume engine: screening is exact, chunks resume, devices
+agree, and the summaries' intervals are the papers' formulas."""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jaxkink
+from jaxkink import montecarlo as mc
+from jaxkink import models
+from jaxkink import zones
+from conftest import assert_bits_equal
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mnist(n, dtype, zero_images=0):
+  """``n`` sample digits in [0, 1]; the first ``zero_images`` of every
+  16-example block blanked (an all-zero input)."""
+  ds = jaxkink.data.load('mnist', 'train')
+  images = np.array(ds.images[:n])
+  for start in range(0, n, 16):
+    images[start:start + zero_images] = 0
+  x = jaxkink.data.preprocess(images, 'mnist', normalize=False, dtype=dtype)
+  return x, jnp.asarray(ds.labels[:n])
+
+
+@functools.lru_cache(maxsize=None)
+def _records(policy_name, screen, *, init='pytorch', zero_images=0,
+             samples=8, chunk=4):
+  policy = jaxkink.get_policy(policy_name)
+  model = models.get('mlp', widths=(16, 16, 10), init_scheme=init,
+                     policy=policy)
+  x, y = _mnist(192, policy.input_dtype, zero_images)
+  engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+                     samples=samples, chunk=chunk, screen=screen)
+  (xs, ys), tail = mc.stack_batches(x, y, 48)
+  assert tail is None
+  parts = [engine.run_chunks([c], xs, ys) [0]
+           for c in range(engine.num_chunks)]
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts), engine, x, y
+
+
+@pytest.mark.parametrize('policy,init,zeros', [
+    ('float16', 'pytorch', 0),   # hits in some chunks, not in others
+    ('float32', 'pytorch', 0),   # no hit at all
+    ('float32', 'flax', 2),      # zero biases and blank inputs: exact zeros
+])
+def test_screened_equals_unscreened(policy, init, zeros):
+  screened, _, _, _ = _records(policy, True, init=init, zero_images=zeros)
+  full, _, _, _ = _records(policy, False, init=init, zero_images=zeros)
+  for field in ('differs', 'differs_first', 'hits', 'min_distance',
+                'finite'):
+    assert_bits_equal(getattr(screened, field), getattr(full, field))
+  # The size of a difference is only reproducible to rounding across the two
+  # programs: their reductions (and, in float16, the fusion boundaries at
+  # which XLA rounds float32 intermediates back to float16) differ with and
+  # without the conditional (DESIGN.md section 4). Whether it differs is
+  # bit-reproducible.
+  rtol = 2e-2 if policy == 'float16' else 1e-6
+  np.testing.assert_allclose(screened.rel_l2, full.rel_l2, rtol=rtol)
+  np.testing.assert_allclose(screened.l1, full.l1, rtol=rtol)
+  assert full.computed.all()
+  flagged = screened.hits.sum(-1) > 0
+  # No pair without a kink hit differs, in the run that computed them all.
+  assert not (full.differs & ~flagged).any()
+  if policy == 'float16':   # both branches of the screen were taken
+    assert 0 < screened.computed.mean() < 1
+    assert screened.differs.any()
+  if zeros:
+    assert flagged.all() and screened.differs.all()
+  if policy == 'float32' and not zeros:
+    assert not flagged.any() and not screened.computed.any()
+    assert (screened.min_distance > 0).all()
+
+
+def test_records_match_an_independent_gradient():
+  """Theta 0's records against two plain ``jax.grad`` programs."""
+  records, engine, x, y = _records('float32', True, init='flax', zero_images=2)
+  model = engine.model
+  params = jax.tree.map(lambda a: a[0], engine.sample([0], x)['params'])
+
+  @jax.jit
+  def grad(p, xb, yb, s):
+    def loss(q):
+      logits = model.apply({'params': q}, xb, jaxkink.Kinks(relu_s=s))
+      return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+    return jax.grad(loss)(p)
+
+  for b in range(4):
+    xb, yb = x[48 * b:48 * (b + 1)], y[48 * b:48 * (b + 1)]
+    g0 = jax.tree.leaves(grad(params, xb, yb, 0.0))
+    g1 = jax.tree.leaves(grad(params, xb, yb, 1.0))
+    differs = any(bool(jnp.any(a != c)) for a, c in zip(g0, g1))
+    num = sum(float(jnp.sum((c - a) ** 2)) for a, c in zip(g0, g1))
+    den = sum(float(jnp.sum(a ** 2)) for a in g0)
+    assert records.differs[0, b] == differs
+    np.testing.assert_allclose(records.rel_l2[0, b], math.sqrt(num / den),
+                               rtol=1e-5)
+    # Hidden pre-activations exactly 0: the blank inputs, 16 neurons each.
+    h1 = xb.reshape(48, -1) @ params['Dense_0']['kernel'] + (
+        params['Dense_0']['bias'])
+    assert records.hits[0, b, 0] == int(jnp.sum(h1 == 0))
+
+
+def test_weights_do_not_depend_on_chunking():
+  a, *_ = _records('float16', True, samples=8, chunk=4)
+  b, *_ = _records('float16', True, samples=8, chunk=8)
+  for field in ('differs', 'rel_l2', 'hits', 'min_distance'):
+    assert_bits_equal(getattr(a, field), getattr(b, field))
+
+
+def test_resume_gives_the_uninterrupted_records(tmp_path):
+  policy = jaxkink.get_policy('float16')
+  model = models.get('mlp', widths=(16, 10), policy=policy)
+  x, y = _mnist(100, policy.input_dtype)   # 100 = 2 x 48 + a tail of 4
+  engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+                     samples=10, chunk=4)
+  whole = mc.run(engine, x, y, 48, str(tmp_path / 'whole'))
+  assert whole.differs.shape == (10, 3)
+  out = str(tmp_path / 'cut')
+  assert mc.run(engine, x, y, 48, out, max_calls=1) is None  # "killed"
+  assert len(os.listdir(os.path.join(out, 'chunks'))) == 1
+  lines = []
+  resumed = mc.run(engine, x, y, 48, out, progress=lines.append)
+  assert len(lines) == 2 and lines[-1].startswith('thetas 10/10')
+  for a, b in zip(whole, resumed):
+    assert_bits_equal(a, b)
+  assert zones.summarize(whole) == zones.summarize(resumed)
+
+
+def test_resume_refuses_other_settings(tmp_path):
+  out = str(tmp_path)
+  mc.check_resume(out, {'samples': 10})
+  os.makedirs(os.path.join(out, 'chunks'))
+  open(os.path.join(out, 'chunks', 'chunk_000000.npz'), 'w').close()
+  mc.check_resume(out, {'samples': 10})
+  with pytest.raises(ValueError, match='samples'):
+    mc.check_resume(out, {'samples': 11})
+
+
+_DEVICES_SCRIPT = textwrap.dedent('''
+    import jax, numpy as np, jaxkink
+    from jaxkink import montecarlo as mc, models
+    assert jax.device_count() == 4, jax.devices()
+    policy = jaxkink.get_policy('float16')
+    model = models.get('lenet5', policy=policy)
+    ds = jaxkink.data.load('mnist', 'train')
+    x = jaxkink.data.preprocess(ds.images[:64], 'mnist', dtype=policy.input_dtype)
+    (xs, ys), _ = mc.stack_batches(x, jax.numpy.asarray(ds.labels[:64]), 32)
+    pair = mc.kink_pair('pool', (0, 1))
+    four = mc.Engine(model, policy, pair, samples=8, chunk=2)
+    one = mc.Engine(model, policy, pair, samples=8, chunk=2,
+                    devices=jax.devices()[:1])
+    a = four.run_chunks([0, 1, 2, 3], xs, ys)
+    b = [one.run_chunks([i], xs, ys)[0] for i in range(4)]
+    for ra, rb in zip(a, b):
+      for fa, fb in zip(ra, rb):
+        assert np.array_equal(fa.view(np.uint8), fb.view(np.uint8)), (fa, fb)
+    print('hits', int(sum(r.hits.sum() for r in a)),
+          'differs', int(sum(r.differs.sum() for r in a)))
+''')
+
+
+def test_four_devices_equal_one_device():
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  proc = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  hits = int(proc.stdout.split()[1])
+  assert hits > 0  # ties in the pools: the backward passes did run
+
+
+def test_kink_pair():
+  pair = mc.kink_pair('relu6', (0, 1))
+  np.testing.assert_array_equal(pair.relu6_alpha, [0, 1])
+  np.testing.assert_array_equal(pair.relu6_beta, [0, 1])
+  np.testing.assert_array_equal(pair.relu_s, [0, 0])
+  assert mc.kink_pair('relu', (0, 1), legacy_relu_grad=True).legacy_relu_grad
+  with pytest.raises(ValueError, match='unknown kink kind'):
+    mc.kink_pair('gelu', (0, 1))
+  with pytest.raises(ValueError, match='two values'):
+    mc.kink_pair('relu', (0, 1, 2))
+  with pytest.raises(ValueError, match='blended'):
+    mc.make_chunk_fn(models.get('lenet5'), jaxkink.get_policy('float32'),
+                     pair.replace(blended_pool_forward=True))
+
+
+def test_stack_batches():
+  x, y = jnp.arange(10.0)[:, None], jnp.arange(10)
+  (xs, ys), (xt, yt) = mc.stack_batches(x, y, 4)
+  assert xs.shape == (2, 4, 1) and xt.shape == (1, 2, 1)
+  np.testing.assert_array_equal(yt, [[8, 9]])
+  with pytest.raises(ValueError, match='batch_size'):
+    mc.stack_batches(x, y, 11)
+  with pytest.raises(ValueError, match='samples'):
+    mc.Engine(models.get('mlp'), jaxkink.get_policy('float32'),
+              mc.kink_pair('relu', (0, 1)), samples=0)
+
+
+def test_interval_margins():
+  # Hand-computed: sqrt(ln(40) / 2000) and sqrt(0.5 (1/1000 + 1/235) ln 40).
+  assert zones.hoeffding_margin(1000) == pytest.approx(0.0429469, abs=1e-7)
+  assert zones.mcdiarmid_margin(1000, 235) == pytest.approx(0.0984536,
+                                                            abs=1e-7)
+  with pytest.raises(ValueError):
+    zones.hoeffding_margin(0)
+
+
+def test_summarize_hand_case():
+  differs = np.array([[0, 1, 1], [0, 0, 0]], bool)
+  l1 = np.array([[0, 1e-7, 1e-3], [0, 0, 0]])
+  hits = np.array([[[0], [1], [2]], [[0], [0], [3]]], np.int32)
+  rec = mc.PairRecord(differs, differs, l1 * 10, l1, hits,
+                      np.zeros((2, 3, 1)), np.ones((2, 3), bool),
+                      np.ones((2, 3), bool))
+  s = zones.summarize(rec)
+  assert s['theta_in_zone']['count'] == 1 and s['theta_in_zone']['p'] == 0.5
+  assert s['impacted_pairs']['p'] == pytest.approx(2 / 6)
+  assert s['first_impacted_minibatch']['median'] == 1
+  assert s['screen_violations'] == 0 and s['pairs_with_kink_hits'] == 3
+  t = zones.summarize(rec, tau=1e-5)
+  assert t['impacted_pairs']['count'] == 1
+  assert (t['minor_pairs'], t['major_pairs']) == (1, 1)
+  assert t['rel_l2_quartiles'] == [1e-2] * 3
+  rec = rec._replace(hits=np.zeros_like(hits))
+  assert zones.summarize(rec)['screen_violations'] == 2
