@@ -55,7 +55,7 @@ FLAGS = flags.FLAGS
 RUN_FLAGS = ('model', 'model_opt', 'kinks', 'legacy_relu_grad', 'precision',
              'samples', 'chunk', 'batch_size', 'dataset', 'train_size',
              'normalize', 'screen', 'seed', 'tau', 'first_layer_only',
-             'batch_norm_mode')
+             'batch_norm_mode', 'theta_loop')
 
 
 def define_flags() -> None:
@@ -97,6 +97,9 @@ def define_flags() -> None:
   flags.DEFINE_enum('batch_norm_mode', 'batch', ['batch', 'running'],
                     'Batch norm statistics: the minibatch\'s (PyTorch '
                     'training mode) or the running averages.')
+  flags.DEFINE_enum('theta_loop', 'auto', ['auto', 'vmap', 'map'],
+                    'Thetas of a chunk: vmapped (GPUs) or looped inside the '
+                    "program (CPUs); 'auto' picks by backend.")
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
 
 
@@ -121,6 +124,14 @@ def parse_model_opts(items: Sequence[str]) -> dict[str, str]:
       raise ValueError(f'--model_opt={item!r}: expected key=value')
     opts[key.strip()] = value
   return opts
+
+
+def theta_loop(choice: str) -> str:
+  """``'auto'``: ``'map'`` on CPUs (plain matrix products are faster
+  there), ``'vmap'`` elsewhere."""
+  if choice == 'auto':
+    return 'map' if jax.default_backend() == 'cpu' else 'vmap'
+  return choice
 
 
 _DATA_CACHE: dict[Any, Any] = {}
@@ -153,8 +164,9 @@ def run_one(cfg: dict[str, Any], out: str, data_dir: str | None,
   engine = montecarlo.Engine(model, policy, pair, samples=cfg['samples'],
                              chunk=cfg['chunk'], seed=cfg['seed'],
                              screen=cfg['screen'],
-                             batch_norm_mode=cfg['batch_norm_mode'])
-  config = {**cfg, 'data': dataset.describe(), 'num_examples': n,
+                             batch_norm_mode=cfg['batch_norm_mode'],
+                             theta_loop=theta_loop(cfg['theta_loop']))
+  config = {**cfg, 'theta_loop': engine.theta_loop, 'data': dataset.describe(), 'num_examples': n,
             'policy': policy.to_dict(), 'model_repr': repr(model)}
   montecarlo.check_resume(out, config)
   rundir.write_json(os.path.join(out, 'environment.json'),

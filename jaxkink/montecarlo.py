@@ -125,8 +125,8 @@ def _first_kernel_index(params: PyTree) -> int:
 
 
 def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
-                  screen: bool = True, batch_norm_mode: str = 'batch'
-                  ) -> Callable:
+                  screen: bool = True, batch_norm_mode: str = 'batch',
+                  theta_loop: str = 'vmap') -> Callable:
   """The per-device work: ``fn(keys, xs, ys) -> PairRecord``.
 
   ``keys`` holds one PRNG key per theta (``(C,)``), ``xs`` / ``ys`` the
@@ -144,6 +144,10 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
       minibatch's statistics (PyTorch modules are in training mode unless
       ``.eval()`` is called, as in the reference notebooks) and
       ``'running'`` with the initial running averages.
+    theta_loop: how the chunk's thetas are computed: ``'vmap'`` (batched
+      matrix products: best on GPUs) or ``'map'`` (``lax.map``, a loop of
+      plain matrix products inside the program: about 1.5x faster on CPUs,
+      BUILD_NOTES.md). The two may round differently (other GEMM shapes).
   """
   if pair.blended_pool_forward:
     raise ValueError('blended_pool_forward makes the forward value depend on '
@@ -151,6 +155,8 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
   if batch_norm_mode not in ('batch', 'running'):
     raise ValueError("batch_norm_mode must be 'batch' or 'running', got "
                      f'{batch_norm_mode!r}')
+  if theta_loop not in ('vmap', 'map'):
+    raise ValueError(f"theta_loop must be 'vmap' or 'map', got {theta_loop!r}")
   train = batch_norm_mode == 'batch'
   one = jnp.ones((), policy.loss_dtype)
   acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
@@ -198,10 +204,14 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
 
   def batch_records(variables, x, y):
     extra = {k: v for k, v in variables.items() if k != 'params'}
-    hits, dist, pullbacks = jax.vmap(theta_forward, in_axes=(0, 0, None, None))(
-        variables['params'], extra, x, y)
+    per_theta = (lambda v: theta_forward(v[0], v[1], x, y))
+    if theta_loop == 'vmap':
+      hits, dist, pullbacks = jax.vmap(per_theta)((variables['params'], extra))
+      run = jax.vmap(compare)
+    else:
+      hits, dist, pullbacks = lax.map(per_theta, (variables['params'], extra))
+      run = lambda pb: lax.map(compare, pb)
     flagged = jnp.any(hits > 0)
-    run = lambda pb: jax.vmap(compare)(pb)
     if screen:
       out = lax.cond(flagged, run, skipped, pullbacks)
       computed = jnp.broadcast_to(flagged, hits.shape[:1])
@@ -226,7 +236,8 @@ class Engine:
   """Runs the comparison over ``samples`` thetas and a stacked data set.
 
   Attributes:
-    model, policy, pair, screen, batch_norm_mode: see :func:`make_chunk_fn`.
+    model, policy, pair, screen, batch_norm_mode, theta_loop: see
+      :func:`make_chunk_fn`.
     samples: M, the number of weight samples.
     chunk: thetas per device per program call.
     seed: theta ``m`` is drawn from ``fold_in(key(seed), m)``.
@@ -240,6 +251,7 @@ class Engine:
   seed: int = 0
   screen: bool = True
   batch_norm_mode: str = 'batch'
+  theta_loop: str = 'vmap'
   devices: Sequence[Any] | None = None
 
   def __post_init__(self):
@@ -249,7 +261,8 @@ class Engine:
       raise ValueError(f'chunk must be >= 1, got {self.chunk}')
     self.devices = list(self.devices or jax.local_devices())
     fn = make_chunk_fn(self.model, self.policy, self.pair, screen=self.screen,
-                       batch_norm_mode=self.batch_norm_mode)
+                       batch_norm_mode=self.batch_norm_mode,
+                       theta_loop=self.theta_loop)
     if len(self.devices) > 1:
       mesh = Mesh(np.array(self.devices), ('theta',))
       # Each device runs the whole per-device program on its own thetas,

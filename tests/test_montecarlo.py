@@ -38,13 +38,14 @@ def _mnist(n, dtype, zero_images=0):
 
 @functools.lru_cache(maxsize=None)
 def _records(policy_name, screen, *, init='pytorch', zero_images=0,
-             samples=8, chunk=4):
+             samples=8, chunk=4, loop='vmap'):
   policy = jaxkink.get_policy(policy_name)
   model = models.get('mlp', widths=(16, 16, 10), init_scheme=init,
                      policy=policy)
   x, y = _mnist(192, policy.input_dtype, zero_images)
   engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
-                     samples=samples, chunk=chunk, screen=screen)
+                     samples=samples, chunk=chunk, screen=screen,
+                     theta_loop=loop)
   (xs, ys), tail = mc.stack_batches(x, y, 48)
   assert tail is None
   parts = [engine.run_chunks([c], xs, ys) [0]
@@ -52,14 +53,17 @@ def _records(policy_name, screen, *, init='pytorch', zero_images=0,
   return jax.tree.map(lambda *a: np.concatenate(a), *parts), engine, x, y
 
 
-@pytest.mark.parametrize('policy,init,zeros', [
-    ('float16', 'pytorch', 0),   # hits in some chunks, not in others
-    ('float32', 'pytorch', 0),   # no hit at all
-    ('float32', 'flax', 2),      # zero biases and blank inputs: exact zeros
+@pytest.mark.parametrize('policy,init,zeros,loop', [
+    ('float16', 'pytorch', 0, 'vmap'),   # hits in some chunks, not in others
+    ('float16', 'pytorch', 0, 'map'),
+    ('float32', 'pytorch', 0, 'vmap'),   # no hit at all
+    ('float32', 'flax', 2, 'map'),       # zero biases, blank inputs: zeros
 ])
-def test_screened_equals_unscreened(policy, init, zeros):
-  screened, _, _, _ = _records(policy, True, init=init, zero_images=zeros)
-  full, _, _, _ = _records(policy, False, init=init, zero_images=zeros)
+def test_screened_equals_unscreened(policy, init, zeros, loop):
+  screened, _, _, _ = _records(policy, True, init=init, zero_images=zeros,
+                               loop=loop)
+  full, _, _, _ = _records(policy, False, init=init, zero_images=zeros,
+                           loop=loop)
   for field in ('differs', 'differs_first', 'hits', 'min_distance',
                 'finite'):
     assert_bits_equal(getattr(screened, field), getattr(full, field))
@@ -237,3 +241,25 @@ def test_summarize_hand_case():
   assert t['rel_l2_quartiles'] == [1e-2] * 3
   rec = rec._replace(hits=np.zeros_like(hits))
   assert zones.summarize(rec)['screen_violations'] == 2
+
+
+def test_processes_split_the_chunks_and_process_0_gathers(tmp_path,
+                                                          monkeypatch):
+  """Two processes' shares (run one after the other) give the one-process
+  records; the process index and count are what ``jax.distributed`` sets."""
+  policy = jaxkink.get_policy('float16')
+  model = models.get('mlp', widths=(16, 10), policy=policy)
+  x, y = _mnist(100, policy.input_dtype)
+  engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+                     samples=10, chunk=4)
+  whole = mc.run(engine, x, y, 48, str(tmp_path / 'whole'))
+  out = str(tmp_path / 'shared')
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  assert mc.run(engine, x, y, 48, out) is None
+  assert sorted(os.listdir(os.path.join(out, 'chunks'))) == [
+      'chunk_000001.npz']
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  gathered = mc.run(engine, x, y, 48, out)
+  for a, b in zip(whole, gathered):
+    assert_bits_equal(a, b)
