@@ -412,8 +412,9 @@ def run(engine: Engine, x: Array, y: Array, batch_size: int, out: str, *,
   pid, nproc = jax.process_index(), jax.process_count()
   mine = [i for i in range(engine.num_chunks) if i % nproc == pid]
   todo = [i for i in mine if not os.path.exists(_chunk_path(out, i))]
-  report = Progress(engine.samples // nproc or 1, r, progress or (lambda s: None),
-                    done=(len(mine) - len(todo)) * engine.chunk)
+  size = lambda i: min(engine.chunk, engine.samples - i * engine.chunk)
+  report = Progress(sum(map(size, mine)), r, progress or (lambda s: None),
+                    done=sum(size(i) for i in mine if i not in todo))
   width = len(engine.devices)
   calls = 0
   for start in range(0, len(todo), width):
