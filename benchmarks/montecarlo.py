@@ -72,6 +72,17 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
   return 2 * n ** 3 * repeats / (time.perf_counter() - t)
 
 
+def torch_matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+  """float32 FLOP/s of the same product in PyTorch (its BLAS, not XLA's)."""
+  import torch  # pylint: disable=g-import-not-at-top
+  a = torch.randn(n, n)
+  a @ a
+  t = time.perf_counter()
+  for _ in range(repeats):
+    a @ a
+  return 2 * n ** 3 * repeats / (time.perf_counter() - t)
+
+
 def engine_rate(screen: bool, xs, ys, samples: int, chunk: int,
                 loop: str) -> tuple:
   policy = jaxkink.get_policy('float32')
@@ -161,11 +172,13 @@ def main(argv: Sequence[str]) -> None:
   try:
     c = torch_rate(np.asarray(x), np.asarray(ds.labels[:n]),
                    _TORCH_SAMPLES.value)
+    torch_peak = torch_matmul_peak()
   except ImportError:
-    c = None
+    c = torch_peak = None
   screen_flops = a * forward_flops()
   results = {
       'matmul_peak_gflops': peak / 1e9,
+      'torch_matmul_peak_gflops': torch_peak and torch_peak / 1e9,
       'a_screened_pairs_per_s': a,
       'a_fraction_computed': computed_a,
       'theta_loop': loop,
@@ -184,6 +197,8 @@ def main(argv: Sequence[str]) -> None:
   print(f'(b) unscreened          {b:8.1f} pairs/s')
   if c is not None:
     print(f'(c) PyTorch loop        {c:8.1f} pairs/s')
+    print(f'PyTorch fp32 matmul     {torch_peak / 1e9:8.1f} GFLOP/s (its own '
+          'BLAS)')
     print(f'(a)/(c) = {a / c:.2f}')
   else:
     print('(c) skipped: torch is not installed (pip install -e .[bench])')
