@@ -5,8 +5,9 @@ kink is an ordinary traced array, a ``Kinks`` pytree that carries those values
 through a model, kink-hit counters, and precision policies; the subpackages
 ``models`` (the papers' networks), ``data`` (datasets from native files) and
 ``lockstep`` (copies of a network trained side by side, vmapped over kinks),
-``montecarlo`` (the Monte Carlo volume engine) and ``zones`` (its summaries
-with confidence intervals).
+``montecarlo`` (the Monte Carlo volume engine), ``zones`` (its summaries
+with confidence intervals) and ``training`` (grids of seeds x kink values
+trained as one vmapped program).
 
 Only the names below are public API; modules whose names start with an
 underscore are not.
@@ -16,6 +17,7 @@ from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import montecarlo
+from jaxkink import training
 from jaxkink import zones
 from jaxkink.activations import leaky_relu
 from jaxkink.activations import random_kink_relu
@@ -57,5 +59,6 @@ __all__ = (
     'relu6',
     'relu6_hits',
     'relu_hits',
+    'training',
     'zones',
 )

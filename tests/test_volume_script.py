@@ -51,7 +51,7 @@ def test_table1_preset_writes_tables_and_plot(tmp_path):
 
 
 _SMALL = ('--model=mlp', '--model_opt=widths=16,10', '--precision=float16',
-          '--samples=8', '--chunk=2', '--batch_size=32')
+          '--samples=40', '--chunk=2', '--batch_size=32')
 
 
 def test_killed_run_restarts_to_the_same_summary(tmp_path):
@@ -74,7 +74,7 @@ def test_killed_run_restarts_to_the_same_summary(tmp_path):
   b = json.load(open(os.path.join(cut, 'float16', 'summary.json')))
   a.pop('seconds'), b.pop('seconds')
   assert a == b
-  assert done < 4, 'the run finished before it could be killed'
+  assert done < 20, 'the run finished before it could be killed'
 
 
 @pytest.mark.parametrize('flag,message', [

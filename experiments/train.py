@@ -1,0 +1,433 @@
+r"""Training sweeps over kink values: a (seed x kink) grid in one program.
+
+Every member of the grid trains the same model from its seed's weights on its
+seed's minibatches; only the kink value (ReLU'(0), the ReLU6 kinks,
+LeakyReLU'(0), the MaxPool beta) differs between members of one seed. The
+whole grid is one jitted, vmapped program (``jaxkink.training``). After every
+epoch the per-member metrics are written to ``<out>/metrics.json`` and a
+checkpoint to ``<out>/checkpoint.npz``; re-running the same command resumes.
+
+Presets hold the papers' settings (``--preset=relu_mlp_mnist``, ``--reduced``
+for a CPU-sized version; explicit flags override the preset)::
+
+  python experiments/train.py --preset=relu_mlp_mnist --reduced \
+      --data_dir=../shared/data --compare_legacy --out=runs/train_mnist
+  python experiments/train.py --preset=tmlr_vgg11_beta --reduced \
+      --data_dir=../shared/data --epochs=1 --out=runs/train_tmlr
+
+``--compare_legacy`` runs the sweep twice, with the 2021 reference code's
+ReLU'(0) assignment (``legacy_relu_grad``) and with the multiplication, into
+``<out>/legacy_off`` and ``<out>/legacy_on``, and plots both (the 2023
+erratum comparison).
+
+Outputs: ``flags.json``, ``environment.json``, ``policy.json``,
+``data.json``, ``metrics.json`` (per epoch and member: train loss, train
+and test accuracy, test loss, L1 / L2 distance to the first kink value of the
+member's seed, divergence), ``summary.json`` (final test accuracy per kink
+value, mean and std over seeds), ``test_accuracy.png`` (test accuracy against
+the kink value, boxes over seeds), ``train_loss.png`` (training loss per
+epoch per kink value, mean and std over seeds), ``weight_distance.png``
+(TMLR Fig. 6's ``||theta_beta - theta_0||_1`` per epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+import jaxkink
+from jaxkink import data
+from jaxkink import models
+from jaxkink import rundir
+from jaxkink import training
+
+FLAGS = flags.FLAGS
+
+DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'svhn', 'cifar10_sample')
+SAMPLE_FILE = os.path.join('cifar10-first4000', 'cifar10_first4000.npz')
+SAMPLE_TEST = 1000  # the sample's last images, held out as its test set
+
+# Flag defaults when neither a preset nor the command line sets them.
+DEFAULTS: dict[str, Any] = dict(
+    model='mlp', dataset='mnist', optimizer='sgd', lr=0.01, momentum=0.0,
+    weight_decay=0.0, schedule='constant', epochs=1, batch_size=128,
+    precision='float32', batch_norm=False, dropout=0.0, activation='relu',
+    kink_values=(0.0,), pool_betas=(0.0,), seeds=1, augment=None,
+    widths=None)
+
+
+def define_flags(flag_values=FLAGS) -> None:
+  """Defines the script's flags (only when run as a script, so that tests
+  can import it beside other experiments). Flags left at None take the
+  preset's value, else ``DEFAULTS``."""
+  flags.DEFINE_string('preset', None, 'A preset of jaxkink.training.PRESETS.',
+                      flag_values=flag_values)
+  flags.DEFINE_boolean('reduced', False, "The preset's CPU-sized version.",
+                       flag_values=flag_values)
+  flags.DEFINE_string('out', 'runs/train', 'Run directory.',
+                      flag_values=flag_values)
+  flags.DEFINE_string('data_dir', None, 'Data directory (default '
+                      '$JAXKINK_DATA_DIR; MNIST falls back to the bundled '
+                      'sample).', flag_values=flag_values)
+  flags.DEFINE_string('model', None, 'Model name (jaxkink.models.names()).',
+                      flag_values=flag_values)
+  flags.DEFINE_list('widths', None, 'MLP widths, e.g. 512,512,512,10.',
+                    flag_values=flag_values)
+  flags.DEFINE_string('dataset', None, f'One of {", ".join(DATASETS)}.',
+                      flag_values=flag_values)
+  flags.DEFINE_string('optimizer', None, 'sgd or adam.',
+                      flag_values=flag_values)
+  flags.DEFINE_float('lr', None, 'Learning rate (one for every member).',
+                     flag_values=flag_values)
+  flags.DEFINE_float('momentum', None, 'SGD momentum.', flag_values=flag_values)
+  flags.DEFINE_float('weight_decay', None, 'L2 weight decay (PyTorch-style).',
+                     flag_values=flag_values)
+  flags.DEFINE_string('schedule', None, 'constant or cosine.',
+                      flag_values=flag_values)
+  flags.DEFINE_integer('epochs', None, 'Epochs.', flag_values=flag_values)
+  flags.DEFINE_integer('batch_size', None, 'Minibatch size.',
+                       flag_values=flag_values)
+  flags.DEFINE_string('precision', None, 'Precision policy (float32, ...).',
+                      flag_values=flag_values)
+  flags.DEFINE_boolean('batch_norm', None, 'Batch norm where the model has it.',
+                       flag_values=flag_values)
+  flags.DEFINE_float('dropout', None, 'Dropout rate (MLP).',
+                     flag_values=flag_values)
+  flags.DEFINE_string('activation', None, 'relu, relu6 or leaky_relu.',
+                      flag_values=flag_values)
+  flags.DEFINE_list('kink_values', None, "Activation kink values, e.g. "
+                    "0,0.1,0.5 (ReLU'(0); both ReLU6 kinks; LeakyReLU'(0)).",
+                    flag_values=flag_values)
+  flags.DEFINE_list('pool_betas', None, 'MaxPool betas, e.g. 0,1,10,100.',
+                    flag_values=flag_values)
+  flags.DEFINE_integer('seeds', None, 'Number of seeds (0 .. seeds - 1).',
+                       flag_values=flag_values)
+  flags.DEFINE_integer('first_seed', 0, 'The first seed.',
+                       flag_values=flag_values)
+  flags.DEFINE_boolean('augment', None, 'Random crop and flip (default: on '
+                       'for CIFAR-10).', flag_values=flag_values)
+  flags.DEFINE_boolean('legacy_relu_grad', False, "The 2021 reference code's "
+                       "assignment of ReLU'(0) (see jaxkink.Kinks).",
+                       flag_values=flag_values)
+  flags.DEFINE_boolean('compare_legacy', False, 'Run with legacy_relu_grad '
+                       'off and on, and plot both.', flag_values=flag_values)
+  flags.DEFINE_boolean('blended_pool_forward', False, 'The TMLR reference '
+                       "code's pooled forward.", flag_values=flag_values)
+  flags.DEFINE_boolean('shared_batch', False, 'Vmap over kinks with the '
+                       'minibatch unbatched (faster; see '
+                       'jaxkink.training.make_train_step).',
+                       flag_values=flag_values)
+  flags.DEFINE_enum('batching', 'vmap', ['vmap', 'unroll'], "'unroll': "
+                    'one copy of the step per member in the program (plain '
+                    'convolutions; long compiles).', flag_values=flag_values)
+  flags.DEFINE_integer('train_examples', None, 'Use only the first N '
+                       'training examples.', flag_values=flag_values)
+  flags.DEFINE_integer('test_examples', None, 'Evaluate on the first N test '
+                       'examples only.', flag_values=flag_values)
+  flags.DEFINE_integer('eval_batch_size', 1000, 'Test batch size.',
+                       flag_values=flag_values)
+
+
+def settings_from_flags(flag_values=None) -> dict[str, Any]:
+  """The run's settings: preset, then explicit flags, then ``DEFAULTS``."""
+  fv = flag_values or FLAGS
+  s = dict(DEFAULTS)
+  if fv.preset:
+    try:
+      s.update(training.get_preset(fv.preset).resolve(fv.reduced))
+    except ValueError as e:
+      raise app.UsageError(str(e)) from e
+  elif fv.reduced:
+    raise app.UsageError('--reduced needs --preset')
+  for name in DEFAULTS:
+    if fv[name].present:
+      s[name] = fv[name].value
+  return s
+
+
+def _floats(values, what: str) -> tuple[float, ...]:
+  try:
+    out = tuple(float(v) for v in values)
+  except ValueError as e:
+    raise app.UsageError(f'--{what}: {e}') from e
+  if not out:
+    raise app.UsageError(f'--{what} is empty')
+  return out
+
+
+def load_data(dataset: str, data_dir: str | None,
+              train_examples: int | None, test_examples: int | None = None):
+  """``(train, test, description, normalisation name)``."""
+  if dataset not in DATASETS:
+    raise app.UsageError(f'unknown dataset {dataset!r}; valid: '
+                         f'{", ".join(DATASETS)}')
+  if dataset == 'cifar10_sample':
+    directory = data.resolve_data_dir(data_dir)
+    path = os.path.join(directory or '', SAMPLE_FILE)
+    if directory is None or not os.path.exists(path):
+      raise app.UsageError(f'cifar10_sample needs {SAMPLE_FILE} in the data '
+                           'directory (--data_dir)')
+    with np.load(path) as z:
+      x, y = np.asarray(z['x'], np.uint8), np.asarray(z['y'], np.int32)
+    train = (x[:-SAMPLE_TEST], y[:-SAMPLE_TEST])
+    test = (x[-SAMPLE_TEST:], y[-SAMPLE_TEST:])
+    desc = {'name': dataset, 'source': SAMPLE_FILE,
+            'train': len(train[1]), 'test': len(test[1])}
+    norm = 'cifar10'
+  else:
+    tr = data.load(dataset, 'extra' if dataset == 'svhn' else 'train',
+                   data_dir=data_dir)
+    te = data.load(dataset, 'test', data_dir=data_dir)
+    train, test = (tr.images, tr.labels), (te.images, te.labels)
+    desc = {'name': dataset, 'train': tr.describe(), 'test': te.describe()}
+    norm = dataset
+  if train_examples is not None:
+    if train_examples < 1:
+      raise app.UsageError('--train_examples must be positive')
+    train = (train[0][:train_examples], train[1][:train_examples])
+    desc['train_examples'] = len(train[1])
+  if test_examples is not None:
+    if test_examples < 1:
+      raise app.UsageError('--test_examples must be positive')
+    test = (test[0][:test_examples], test[1][:test_examples])
+    desc['test_examples'] = len(test[1])
+  return train, test, desc, norm
+
+
+def build(s: dict[str, Any], legacy: bool, flag_values=None):
+  """``(model, policy, grid, config)`` from the settings."""
+  fv = flag_values or FLAGS
+  policy, = jaxkink.policies_for_program([s['precision']])
+  opts: dict[str, Any] = {}
+  name = s['model']
+  try:
+    fields = models.options(name)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if 'batch_norm' in fields:
+    opts['batch_norm'] = bool(s['batch_norm'])
+  if 'activation' in fields:
+    opts['activation'] = s['activation']
+  if s['dropout']:
+    if 'dropout' not in fields:
+      raise app.UsageError(f'model {name} has no dropout option')
+    opts['dropout'] = float(s['dropout'])
+  if s['widths']:
+    if 'widths' not in fields:
+      raise app.UsageError(f'model {name} has no widths option')
+    opts['widths'] = tuple(int(w) for w in s['widths'])
+  try:
+    model = models.get(name, policy=policy, **opts)
+    grid = training.make_grid(
+        range(fv.first_seed, fv.first_seed + int(s['seeds'])),
+        _floats(s['kink_values'], 'kink_values'),
+        _floats(s['pool_betas'], 'pool_betas'),
+        activation=s['activation'], legacy_relu_grad=legacy,
+        blended_pool_forward=fv.blended_pool_forward,
+        dtype=policy.compute_dtype)
+    optimizer = training.OptimizerConfig(
+        s['optimizer'], lr=float(s['lr']), momentum=float(s['momentum']),
+        weight_decay=float(s['weight_decay']), schedule=s['schedule'])
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  if int(s['seeds']) < 1:
+    raise app.UsageError('--seeds must be >= 1')
+  return model, policy, grid, optimizer
+
+
+def summarise(history: list[dict[str, Any]],
+              members: list[dict[str, Any]]) -> dict[str, Any]:
+  """Final test accuracy and train loss per kink configuration."""
+  last = history[-1]
+  by_kink: dict[int, list[int]] = {}
+  for row in members:
+    by_kink.setdefault(row['kink_index'], []).append(row['member'])
+  out = []
+  for k, ms in sorted(by_kink.items()):
+    acc = np.asarray([last['test_acc'][m] for m in ms])
+    loss = np.asarray([last['train_loss'][m] for m in ms])
+    div = [last['diverged'][m] for m in ms]
+    out.append({
+        'label': members[ms[0]]['label'],
+        'kink_value': members[ms[0]]['kink_value'],
+        'pool_beta': members[ms[0]]['pool_beta'],
+        'test_acc_mean': float(acc.mean()), 'test_acc_std': float(acc.std()),
+        'test_acc_per_seed': acc.tolist(),
+        'train_loss_mean': float(np.nanmean(loss)) if not all(div) else None,
+        'train_loss_std': float(np.nanstd(loss)) if not all(div) else None,
+        'diverged': int(sum(div)),
+        'l1_to_first_mean': float(np.mean(
+            [last['l1_to_first_kink'][m] for m in ms])),
+    })
+  return {'epochs': last['epoch'], 'per_kink': out}
+
+
+def _axis_values(members, summary):
+  betas = {r['pool_beta'] for r in members}
+  key = 'pool_beta' if len(betas) > 1 else 'kink_value'
+  return key, [r[key] for r in summary['per_kink']]
+
+
+def plot_run(out: str, history, members, summary, title: str) -> None:
+  """Test accuracy vs kink value, training loss and weight distances."""
+  plt = rundir.pyplot()
+  key, xs = _axis_values(members, summary)
+  xlabel = 'MaxPool beta' if key == 'pool_beta' else "kink value (ReLU'(0))"
+  labels = [r['label'] for r in summary['per_kink']]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.boxplot([np.asarray(r['test_acc_per_seed']) * 100
+              for r in summary['per_kink']])
+  ax.set_xticks(np.arange(1, len(xs) + 1), [f'{x:g}' for x in xs])
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel('test accuracy (%)')
+  ax.set_title(f'{title}\nepoch {summary["epochs"]}, boxes over seeds',
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, 'test_accuracy.png'), dpi=110)
+  plt.close(fig)
+
+  epochs = np.asarray([h['epoch'] for h in history])
+  for name, metric, ylabel, log in (
+      ('train_loss.png', 'train_loss', 'training loss (epoch mean)', True),
+      ('weight_distance.png', 'l1_to_first_kink',
+       r'$\|\theta_k - \theta_{k, first}\|_1$', False)):
+    fig, ax = plt.subplots(figsize=(6, 4))
+    values = np.asarray([h[metric] for h in history], np.float64)
+    for k, label in enumerate(labels):
+      ms = [r['member'] for r in members if r['kink_index'] == k]
+      v = values[:, ms]
+      if log:
+        mean, std = np.nanmean(v, axis=1), np.nanstd(v, axis=1)
+        ax.plot(epochs, mean, marker='.', label=label, color=f'C{k}')
+        ax.fill_between(epochs, mean - std, mean + std, alpha=0.2,
+                        color=f'C{k}')
+      else:  # one line per seed: most seeds may stay at exactly 0
+        for j in range(v.shape[1]):
+          ax.plot(epochs, v[:, j], marker='.', lw=0.8, color=f'C{k}',
+                  label=label if j == 0 else None)
+    if log:
+      ax.set_yscale('log')
+      spread = 'mean and std over seeds'
+    else:
+      ax.set_yscale('symlog', linthresh=1e-3)
+      ax.set_ylim(bottom=0)
+      spread = 'one line per seed'
+    ax.set_xlabel('epoch')
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_ylabel(ylabel)
+    ax.set_title(f'{title}\n{spread}', fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, name), dpi=110)
+    plt.close(fig)
+
+
+def plot_erratum(path: str, summaries: dict[str, dict[str, Any]],
+                 title: str) -> None:
+  """Test accuracy vs ReLU'(0), legacy assignment vs multiplication."""
+  plt = rundir.pyplot()
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for i, (name, summary) in enumerate(summaries.items()):
+    xs = np.asarray([r['kink_value'] for r in summary['per_kink']])
+    mean = np.asarray([r['test_acc_mean'] for r in summary['per_kink']]) * 100
+    std = np.asarray([r['test_acc_std'] for r in summary['per_kink']]) * 100
+    ax.errorbar(xs + 0.01 * (i - 0.5), mean, yerr=std, marker='o',
+                capsize=3, label=name)
+  ax.set_xlabel("ReLU'(0)")
+  ax.set_ylabel('test accuracy (%), mean +- std over seeds')
+  ax.set_title(title, fontsize=9)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def run_one(out: str, s: dict[str, Any], legacy: bool, train, test,
+            data_desc, norm: str) -> dict[str, Any]:
+  """One sweep into ``out``; returns its summary."""
+  model, policy, grid, optimizer = build(s, legacy)
+  augment = s['augment']
+  if augment is None:
+    augment = norm == 'cifar10'
+  if int(s['batch_size']) > len(train[1]):
+    raise app.UsageError(f'--batch_size {s["batch_size"]} exceeds the '
+                         f'{len(train[1])} training examples')
+  config = training.SweepConfig(
+      dataset=norm, epochs=int(s['epochs']), batch_size=int(s['batch_size']),
+      optimizer=optimizer, augment=bool(augment),
+      eval_batch_size=FLAGS.eval_batch_size, shared_batch=FLAGS.shared_batch,
+      batching=FLAGS.batching)
+  os.makedirs(out, exist_ok=True)
+  recorded = {k: (list(v) if isinstance(v, tuple) else v)
+              for k, v in s.items()}
+  recorded.update(preset=FLAGS.preset, reduced=FLAGS.reduced,
+                  legacy_relu_grad=legacy, augment=bool(augment),
+                  seeds_list=list(grid.seeds), labels=list(grid.labels),
+                  shared_batch=FLAGS.shared_batch, batching=FLAGS.batching,
+                  blended_pool_forward=FLAGS.blended_pool_forward)
+  rundir.write_json(os.path.join(out, 'flags.json'), recorded)
+  rundir.write_json(os.path.join(out, 'environment.json'),
+                    rundir.environment())
+  rundir.write_json(os.path.join(out, 'policy.json'), policy.to_dict())
+  rundir.write_json(os.path.join(out, 'data.json'), data_desc)
+  print(f'{out}: {s["model"]} on {data_desc["name"]}, {grid.members} members '
+        f'({grid.num_seeds} seeds x {grid.num_kinks} kink values), '
+        f'legacy_relu_grad={legacy}; precision {policy}', flush=True)
+  with policy.scope():
+    result = training.run_sweep(model, policy, grid, config, train, test,
+                                out=out, log=lambda m: print(m, flush=True))
+  members = training.member_table(grid)
+  summary = summarise(result['history'], members)
+  rundir.write_json(os.path.join(out, 'summary.json'), summary)
+  title = (f'{s["model"]} {data_desc["name"]} {s["optimizer"]} lr {s["lr"]}'
+           f' {policy.name}' + (' legacy ReLU grad' if legacy else ''))
+  plot_run(out, result['history'], members, summary, title)
+  return summary
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  s = settings_from_flags()
+  try:
+    jaxkink.get_policy(s['precision'], check=False)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from e
+  train, test, desc, norm = load_data(s['dataset'], FLAGS.data_dir,
+                                      FLAGS.train_examples,
+                                      FLAGS.test_examples)
+  print(f'{jax.device_count()} devices ({jax.devices()[0].device_kind}); '
+        'the member axis is sharded over them when they divide it',
+        flush=True)
+  out = FLAGS.out
+  if FLAGS.compare_legacy:
+    summaries = {}
+    for legacy in (False, True):
+      name = 'legacy_on' if legacy else 'legacy_off'
+      summaries[name] = run_one(os.path.join(out, name), s, legacy, train,
+                                test, desc, norm)
+    rundir.write_json(os.path.join(out, 'erratum.json'), summaries)
+    plot_erratum(os.path.join(out, 'erratum.png'), {
+        "multiplied (s * g, corrected)": summaries['legacy_off'],
+        "assigned (s, 2021 code)": summaries['legacy_on']},
+        f'{s["model"]} {desc["name"]} {s["precision"]}: ReLU\'(0) '
+        'assigned vs multiplied')
+    final = {k: [(r['kink_value'], round(r['test_acc_mean'], 4))
+                 for r in v['per_kink']] for k, v in summaries.items()}
+  else:
+    summary = run_one(out, s, FLAGS.legacy_relu_grad, train, test, desc,
+                      norm)
+    final = [(r['label'], round(r['test_acc_mean'], 4))
+             for r in summary['per_kink']]
+  print(json.dumps({'final_test_acc_mean': final}))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main)
