@@ -91,9 +91,7 @@ def _save_checkpoint(path: str, step: int, params, records) -> None:
   leaves = jax.tree.leaves(params)
   arrays = {f'param_{i}': np.asarray(a) for i, a in enumerate(leaves)}
   arrays.update({f'record_{k}': v for k, v in records.items()})
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, step=step, **arrays)
-  os.replace(tmp, path)
+  rundir.write_npz(path, step=step, **arrays)
 
 
 def _load_checkpoint(path: str, params):

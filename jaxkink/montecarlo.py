@@ -280,19 +280,20 @@ class Engine:
     """The PRNG keys of the thetas of the given chunks, in order."""
     index = (np.asarray(chunk_indices)[:, None] * self.chunk
              + np.arange(self.chunk)[None, :]).reshape(-1)
+    return self._theta_keys(index)
+
+  def _theta_keys(self, indices: Sequence[int]) -> Array:
     base = jax.random.key(self.seed)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(
-        jnp.asarray(index, jnp.uint32))
+        jnp.asarray(indices, jnp.uint32))
 
   def sample(self, indices: Sequence[int], x: Array) -> PyTree:
     """The variables of thetas ``indices`` (leading axis), as the engine
     draws them; ``x`` is an input batch (for the shapes)."""
-    base = jax.random.key(self.seed)
-    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(
-        jnp.asarray(indices, jnp.uint32))
     with self.policy.scope(), jax.threefry_partitionable(False):
       return jax.jit(jax.vmap(
-          lambda k: self.model.init(k, x[:1], Kinks())))(keys)
+          lambda k: self.model.init(k, x[:1], Kinks())))(
+              self._theta_keys(indices))
 
   def run_chunks(self, chunk_indices: Sequence[int], xs: Array,
                  ys: Array) -> list[PairRecord]:
@@ -340,10 +341,7 @@ def _chunk_path(out: str, index: int) -> str:
 
 def save_chunk(path: str, record: PairRecord) -> None:
   """Writes one chunk's records atomically (npz)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, **record._asdict())
-  os.replace(tmp, path)
+  rundir.write_npz(path, **record._asdict())
 
 
 def load_chunk(path: str) -> PairRecord:

@@ -13,9 +13,10 @@ import platform
 import sys
 import tempfile
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import jax
+import numpy as np
 
 
 def environment() -> dict[str, Any]:
@@ -45,20 +46,32 @@ def environment() -> dict[str, Any]:
   }
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-  """Writes ``text`` to ``path`` atomically."""
+def _write_atomically(path: str | os.PathLike, mode: str,
+                      write: Callable[[Any], Any]) -> None:
+  """Calls ``write(file)`` on a temporary file beside ``path``, then renames
+  it to ``path``; on any error the temporary file is removed."""
   path = os.fspath(path)
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with os.fdopen(fd, mode) as f:
+      write(f)
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
       os.unlink(tmp)
     raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically."""
+  _write_atomically(path, 'w', lambda f: f.write(text))
+
+
+def write_npz(path: str | os.PathLike, **arrays: Any) -> None:
+  """Writes ``arrays`` as an (uncompressed) ``.npz`` to ``path`` atomically."""
+  _write_atomically(path, 'wb', lambda f: np.savez(f, **arrays))
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxkink import rundir
 from jaxkink.typing import PyTree
 
 
@@ -40,11 +41,9 @@ def save(path: str | os.PathLike, tree: PyTree, **meta: Any) -> None:
             for i, a in enumerate(leaves)}
   header = {'dtypes': [jnp.dtype(a.dtype).name for a in leaves],
             'fingerprint': fingerprint(tree), 'meta': meta}
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = path + '.tmp.npz'
-  np.savez(tmp, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
-           **arrays)
-  os.replace(tmp, path)
+  rundir.write_npz(
+      path, header=np.frombuffer(json.dumps(header).encode(), np.uint8),
+      **arrays)
 
 
 def load(path: str | os.PathLike, like: PyTree) -> tuple[PyTree, dict]:
