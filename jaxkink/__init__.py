@@ -6,7 +6,8 @@ through a model, kink-hit counters, and precision policies; the subpackages
 ``models`` (the papers' networks), ``data`` (datasets from native files) and
 ``lockstep`` (copies of a network trained side by side, vmapped over kinks),
 ``montecarlo`` (the Monte Carlo volume engine), ``zones`` (its summaries
-with confidence intervals) and ``training`` (grids of seeds x kink values
+with confidence intervals), ``rundir`` (run directories that prove their
+settings) and ``training`` (grids of seeds x kink values
 trained as one vmapped program).
 
 Only the names below are public API; modules whose names start with an
@@ -17,6 +18,7 @@ from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import montecarlo
+from jaxkink import rundir
 from jaxkink import training
 from jaxkink import zones
 from jaxkink.activations import leaky_relu
@@ -55,6 +57,7 @@ __all__ = (
     'pool_hits',
     'pool_output_shape',
     'random_kink_relu',
+    'rundir',
     'relu',
     'relu6',
     'relu6_hits',

@@ -40,8 +40,6 @@ atomically to ``<out>/chunks/`` and a re-run skips the chunks already there.
 from __future__ import annotations
 
 import dataclasses
-import glob
-import json
 import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
@@ -335,24 +333,53 @@ def stack_batches(x: Array, y: Array, batch_size: int
   return full, tail
 
 
-def _chunk_path(out: str, index: int) -> str:
-  return os.path.join(out, 'chunks', f'chunk_{index:06d}.npz')
+def _chunk_name(index: int) -> str:
+  return os.path.join('chunks', f'chunk_{index:06d}.npz')
 
 
-def save_chunk(path: str, record: PairRecord) -> None:
-  """Writes one chunk's records atomically (npz)."""
-  rundir.write_npz(path, **record._asdict())
+def engine_settings(engine: Engine, x: Array, y: Array,
+                    batch_size: int) -> dict[str, Any]:
+  """Everything of a run that can change its records: the run directory's
+  settings when :func:`run` is given a path. (The device count is not in
+  it: every device runs the same program shapes, so it changes no bit.)"""
+  pair = {k: np.asarray(v).tolist() for k, v in dataclasses.asdict(
+      engine.pair).items()}
+  return {'model': repr(engine.model), 'policy': engine.policy.to_dict(),
+          'pair': pair, 'samples': engine.samples, 'chunk': engine.chunk,
+          'seed': engine.seed, 'screen': engine.screen,
+          'batch_norm_mode': engine.batch_norm_mode,
+          'theta_loop': engine.theta_loop, 'batch_size': int(batch_size),
+          'data': rundir.array_digest(x, y)}
 
 
-def load_chunk(path: str) -> PairRecord:
-  """Reads a chunk written by :func:`save_chunk`."""
-  with np.load(path) as f:
-    return PairRecord(**{k: f[k] for k in PairRecord._fields})
+def _record_check(thetas: int, batches: int
+                  ) -> Callable[[dict[str, np.ndarray]], str | None]:
+  """A check that a chunk file holds every field with ``(thetas, batches)``
+  leading axes."""
+  def check(arrays):
+    missing = [k for k in PairRecord._fields if k not in arrays]
+    if missing:
+      return f'lacks the fields {", ".join(missing)}'
+    bad = [f'{k} {arrays[k].shape}' for k in PairRecord._fields
+           if arrays[k].shape[:2] != (thetas, batches)]
+    if bad or arrays['hits'].shape != arrays['min_distance'].shape:
+      return (f'has shapes {", ".join(bad) or "of hits != min_distance"}, '
+              f'expected leading axes ({thetas}, {batches})')
+    return None
+  return check
 
 
-def load_records(out: str, num_chunks: int) -> PairRecord:
-  """All chunks of a finished run, concatenated along the theta axis."""
-  parts = [load_chunk(_chunk_path(out, i)) for i in range(num_chunks)]
+def load_records(out: str | rundir.RunDir, num_chunks: int) -> PairRecord:
+  """All chunks of a finished run, concatenated along the theta axis.
+
+  Only for reading a finished run (e.g. for plots): files are read as they
+  are; :func:`run` checks each one against its run's manifest.
+  """
+  path = out.path if isinstance(out, rundir.RunDir) else out
+  parts = []
+  for i in range(num_chunks):
+    with np.load(os.path.join(path, _chunk_name(i)), allow_pickle=False) as f:
+      parts.append(PairRecord(**{k: f[k] for k in PairRecord._fields}))
   return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
 
@@ -380,7 +407,8 @@ def _clock(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def run(engine: Engine, x: Array, y: Array, batch_size: int, out: str, *,
+def run(engine: Engine, x: Array, y: Array, batch_size: int,
+        out: str | rundir.RunDir, *,
         progress: Callable[[str], Any] | None = None,
         max_calls: int | None = None, wait_timeout: float = 3600.0
         ) -> PairRecord | None:
@@ -388,15 +416,21 @@ def run(engine: Engine, x: Array, y: Array, batch_size: int, out: str, *,
 
   Chunks already on disk are not recomputed, so an interrupted run started
   again with the same settings continues, and ends with the same records as
-  an uninterrupted one. With several processes, each computes the chunks
-  ``i`` with ``i % process_count == process_index`` and process 0 gathers.
+  an uninterrupted one. Every chunk file carries its index and the run
+  directory's manifest digest; a file that fails its checks (damaged,
+  truncated, another chunk's, another run's, wrong shapes) is moved into
+  ``out/corrupt/`` with a warning and recomputed. With several processes,
+  each computes the chunks ``i`` with ``i % process_count ==
+  process_index`` and process 0 gathers.
 
   Args:
     engine: the :class:`Engine`.
     x: the whole data set, preprocessed in the policy's input dtype.
     y: its labels.
     batch_size: minibatch size; a last partial batch is kept.
-    out: the run directory.
+    out: the run directory: an open :class:`~jaxkink.rundir.RunDir`, or a
+      path, opened with :func:`engine_settings` as its settings (a
+      directory holding a run of other settings is refused).
     progress: called with a progress line after each call.
     max_calls: stop after this many program calls (tests, time limits).
     wait_timeout: how long process 0 waits for the other processes' chunks.
@@ -404,58 +438,76 @@ def run(engine: Engine, x: Array, y: Array, batch_size: int, out: str, *,
   Returns:
     The records of every theta and minibatch (``(M, R)`` leading axes), or
     None when stopped early or on processes other than 0.
+
+  Raises:
+    jaxkink.rundir.RefusedError: ``out`` holds a run of other settings or
+      another process writes it.
   """
+  if not isinstance(out, rundir.RunDir):
+    with rundir.RunDir.open(out, engine_settings(engine, x, y, batch_size)
+                            ) as run_dir:
+      return run(engine, x, y, batch_size, run_dir, progress=progress,
+                 max_calls=max_calls, wait_timeout=wait_timeout)
   (xs, ys), tail = stack_batches(x, y, batch_size)
   r = xs.shape[0] + (tail is not None)
   pid, nproc = jax.process_index(), jax.process_count()
-  mine = [i for i in range(engine.num_chunks) if i % nproc == pid]
-  todo = [i for i in mine if not os.path.exists(_chunk_path(out, i))]
   size = lambda i: min(engine.chunk, engine.samples - i * engine.chunk)
+
+  def load(i: int) -> PairRecord | None:
+    arrays = out.load_npz(_chunk_name(i), i, _record_check(size(i), r))
+    return None if arrays is None else PairRecord(
+        **{k: arrays[k] for k in PairRecord._fields})
+
+  mine = [i for i in range(engine.num_chunks) if i % nproc == pid]
+  records = {i: rec for i in mine if (rec := load(i)) is not None}
+  todo = [i for i in mine if i not in records]
   report = Progress(sum(map(size, mine)), r, progress or (lambda s: None),
-                    done=sum(size(i) for i in mine if i not in todo))
+                    done=sum(size(i) for i in records))
   width = len(engine.devices)
   calls = 0
-  for start in range(0, len(todo), width):
-    if max_calls is not None and calls >= max_calls:
-      return None
-    group = todo[start:start + width]
-    padded = group + [group[-1]] * (width - len(group))
-    records = engine.run_chunks(padded, xs, ys)
-    if tail is not None:
-      extra = engine.run_chunks(padded, *tail)
-      records = [jax.tree.map(lambda a, b: np.concatenate([a, b], axis=1),
-                              full, last)
-                 for full, last in zip(records, extra)]
-    for index, record in zip(group, records):
-      save_chunk(_chunk_path(out, index), record)
-    calls += 1
-    report.update(sum(len(rec.differs) for rec in records[:len(group)]))
+
+  def compute(indices: list[int]) -> bool:
+    nonlocal calls
+    for start in range(0, len(indices), width):
+      if max_calls is not None and calls >= max_calls:
+        return False
+      group = indices[start:start + width]
+      padded = group + [group[-1]] * (width - len(group))
+      computed = engine.run_chunks(padded, xs, ys)
+      if tail is not None:
+        extra = engine.run_chunks(padded, *tail)
+        computed = [jax.tree.map(
+            lambda a, b: np.concatenate([a, b], axis=1), full, last)
+                    for full, last in zip(computed, extra)]
+      for index, record in zip(group, computed):
+        out.save_npz(_chunk_name(index), index, **record._asdict())
+        records[index] = record
+      calls += 1
+      report.update(sum(len(rec.differs) for rec in computed[:len(group)]))
+    return True
+
+  if not compute(todo):
+    return None
   if pid != 0:
     return None
   deadline = time.monotonic() + wait_timeout
-  while not all(os.path.exists(_chunk_path(out, i))
-                for i in range(engine.num_chunks)):
+  while True:
+    damaged = []
+    for i in range(engine.num_chunks):
+      if i in records or not os.path.exists(out.file(_chunk_name(i))):
+        continue
+      rec = load(i)
+      if rec is None:  # moved aside: computed here (any process can)
+        damaged.append(i)
+      else:
+        records[i] = rec
+    compute(damaged)
+    missing = [i for i in range(engine.num_chunks) if i not in records]
+    if not missing:
+      break
     if time.monotonic() > deadline:
-      raise TimeoutError(f'chunks of other processes missing in {out} after '
+      raise TimeoutError(f'chunks {missing} missing in {out.path} after '
                          f'{wait_timeout:.0f} s')
     time.sleep(1.0)
-  return load_records(out, engine.num_chunks)
-
-
-def check_resume(out: str, config: dict[str, Any]) -> None:
-  """Saves ``config`` in ``out``, or checks it matches the saved one.
-
-  Chunks of a run can only be combined with chunks computed with the same
-  settings; a mismatch raises ValueError naming the differing keys.
-  """
-  path = os.path.join(out, 'config.json')
-  config = json.loads(json.dumps(config, default=str))
-  if os.path.exists(path) and glob.glob(os.path.join(out, 'chunks', '*.npz')):
-    with open(path) as f:
-      saved = json.load(f)
-    diff = sorted(k for k in set(saved) | set(config)
-                  if saved.get(k) != config.get(k))
-    if diff:
-      raise ValueError(f'{out} holds chunks of a run with other settings '
-                       f'({", ".join(diff)}); use another --out or delete it')
-  rundir.write_json(path, config)
+  parts = [records[i] for i in range(engine.num_chunks)]
+  return jax.tree.map(lambda *a: np.concatenate(a), *parts)

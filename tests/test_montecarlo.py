@@ -144,14 +144,44 @@ def test_resume_gives_the_uninterrupted_records(tmp_path):
   assert zones.summarize(whole) == zones.summarize(resumed)
 
 
-def test_resume_refuses_other_settings(tmp_path):
-  out = str(tmp_path)
-  mc.check_resume(out, {'samples': 10})
-  os.makedirs(os.path.join(out, 'chunks'))
-  open(os.path.join(out, 'chunks', 'chunk_000000.npz'), 'w').close()
-  mc.check_resume(out, {'samples': 10})
-  with pytest.raises(ValueError, match='samples'):
-    mc.check_resume(out, {'samples': 11})
+def test_resume_refuses_other_settings_and_repairs_damaged_chunks(tmp_path):
+  policy = jaxkink.get_policy('float16')
+  model = models.get('mlp', widths=(16, 10), policy=policy)
+  x, y = _mnist(64, policy.input_dtype)
+  engine = lambda **kw: mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+                                  **{'samples': 6, 'chunk': 2, **kw})
+  out = str(tmp_path / 'run')
+  whole = mc.run(engine(), x, y, 32, out)
+  before = _file_bytes(out)
+  for other in (dict(seed=1), dict(samples=8), dict(chunk=3)):
+    with pytest.raises(jaxkink.rundir.RefusedError, match=next(iter(other))):
+      mc.run(engine(**other), x, y, 32, out)
+  with pytest.raises(jaxkink.rundir.RefusedError, match='batch_size'):
+    mc.run(engine(), x, y, 16, out)
+  with pytest.raises(jaxkink.rundir.RefusedError, match='data'):
+    mc.run(engine(), x[::-1], y[::-1], 32, out)
+  assert _file_bytes(out) == before
+  # Damaged or foreign chunks are moved aside and recomputed.
+  chunk = lambda i: os.path.join(out, 'chunks', f'chunk_{i:06d}.npz')
+  with open(chunk(0), 'r+b') as f:
+    f.truncate(100)
+  os.replace(chunk(2), chunk(1))  # chunk 2's file in chunk 1's place
+  again = mc.run(engine(), x, y, 32, out)
+  for a, b in zip(whole, again):
+    assert_bits_equal(a, b)
+  assert len(os.listdir(os.path.join(out, 'corrupt'))) == 2
+  assert _file_bytes(os.path.join(out, 'chunks')) == {
+      k[len('chunks/'):]: v for k, v in before.items()
+      if k.startswith('chunks/')}
+
+
+def _file_bytes(directory):
+  out = {}
+  for d, _, files in os.walk(directory):
+    for f in files:
+      with open(os.path.join(d, f), 'rb') as fh:
+        out[os.path.relpath(os.path.join(d, f), directory)] = fh.read()
+  return out
 
 
 _DEVICES_SCRIPT = textwrap.dedent('''

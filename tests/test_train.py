@@ -260,9 +260,22 @@ def test_resume_reproduces_the_uninterrupted_run(rng, tmp_path):
   assert saved['members'][3] == {'member': 3, 'seed': 1, 'kink_index': 1,
                                  'label': 's=1', 'kink_value': 1.0,
                                  'pool_beta': 0.0}
-  # Another configuration refuses the checkpoint.
-  with pytest.raises(ValueError, match='different configuration'):
+  # Another configuration is refused before anything in the directory is
+  # touched.
+  before = _file_bytes(cut)
+  with pytest.raises(jaxkink.rundir.RefusedError, match=r'grid.seeds: \[0, 1\] -> \[0, 1, 2\]'):
     _sweep(bn, [0, 1, 2], [0.0, 1.0], data, out=cut, **kw)
+  assert _file_bytes(cut) == before
+
+
+def _file_bytes(directory):
+  """Every file under ``directory`` and its bytes."""
+  out = {}
+  for d, _, files in os.walk(directory):
+    for f in files:
+      with open(os.path.join(d, f), 'rb') as fh:
+        out[os.path.relpath(os.path.join(d, f), directory)] = fh.read()
+  return out
 
 
 def test_checkpoint_keeps_the_bits_of_every_dtype(tmp_path):

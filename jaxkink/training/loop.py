@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Sequence
@@ -21,7 +20,6 @@ from jaxkink.training import core
 from jaxkink.typing import PyTree
 
 METRICS = 'metrics.json'
-CHECKPOINT = 'checkpoint.npz'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +78,19 @@ def shard_members(tree: PyTree, members: int) -> PyTree:
 def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
               config: SweepConfig, train: tuple[np.ndarray, np.ndarray],
               test: tuple[np.ndarray, np.ndarray], *,
-              out: str | None = None,
+              out: str | rundir.RunDir | None = None,
               params: Sequence[tuple[PyTree, PyTree]] | None = None,
               stop_after: int | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
   """Trains every member of ``grid`` for ``config.epochs`` epochs.
 
-  After every epoch the metrics of every member are appended to
-  ``<out>/metrics.json`` (atomically) and the state is checkpointed to
-  ``<out>/checkpoint.npz``; a call with the same arguments and an existing
-  checkpoint resumes from it and gives the same numbers, bit for bit, as an
-  uninterrupted run.
+  After every epoch the metrics of every member are written to
+  ``<out>/metrics.json`` (atomically) and the state and the metrics so far
+  are checkpointed to ``<out>/checkpoints/`` (the newest two kept, each
+  tagged with its epoch and the run's manifest digest); a call with the
+  same arguments resumes from the newest good checkpoint (a damaged one is
+  moved into ``corrupt/`` with a warning, and the previous one used) and
+  gives the same numbers, bit for bit, as an uninterrupted run.
 
   Args:
     model: the flax module (built with the policy's dtypes).
@@ -99,7 +99,10 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     config: epochs, batch size, optimizer, augmentation.
     train: ``(images, labels)``: uint8 NHWC images and int32 labels.
     test: the same for the test split.
-    out: the run directory (None: no files, no resume).
+    out: the run directory (None: no files, no resume): an open
+      :class:`~jaxkink.rundir.RunDir`, or a path, opened with
+      :func:`sweep_settings` as its settings (a directory holding a run of
+      other settings is refused with :class:`~jaxkink.rundir.RefusedError`).
     params: optional initial ``(params, batch_stats)`` per seed.
     stop_after: stop after this epoch (simulates an interruption).
     log: where progress lines go.
@@ -108,6 +111,13 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     ``{'history': [per-epoch metrics], 'state': final TrainState}``; each
     metric is a list over members (seed-major).
   """
+  if isinstance(out, (str, os.PathLike)):
+    settings = sweep_settings(model, policy, grid, config, train, test,
+                              params)
+    with rundir.RunDir.open(out, settings) as run_dir:
+      return run_sweep(model, policy, grid, config, train, test,
+                       out=run_dir, params=params, stop_after=stop_after,
+                       log=log)
   images, labels = np.asarray(train[0]), np.asarray(train[1])
   steps = len(labels) // config.batch_size
   if steps == 0:
@@ -132,14 +142,18 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
   history: list[dict[str, Any]] = []
   start = 0
   if out is not None:
-    os.makedirs(out, exist_ok=True)
-    ckpt = os.path.join(out, CHECKPOINT)
-    if os.path.exists(ckpt):
-      state, meta = checkpoint.load(ckpt, state)
+    def check(arrays):
+      try:
+        checkpoint.from_arrays(arrays, state)
+      except ValueError as e:
+        return str(e)
+      return None
+    found = out.latest_checkpoint(check)
+    if found is not None:
+      start, arrays = found
+      state, meta = checkpoint.from_arrays(arrays, state)
       state = shard_members(state, grid.members)
-      start = int(meta['epoch'])
-      with open(os.path.join(out, METRICS)) as f:
-        history = [h for h in json.load(f)['history'] if h['epoch'] <= start]
+      history = meta['history']
       log(f'resuming after epoch {start}')
 
   for epoch in range(start, config.epochs):
@@ -174,12 +188,31 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     log(_progress(record, grid, config.epochs, newly)
         + (' (this epoch includes compilation)' if epoch == start else ''))
     if out is not None:
-      rundir.write_json(os.path.join(out, METRICS), {
-          'members': member_table(grid), 'history': history})
-      checkpoint.save(os.path.join(out, CHECKPOINT), state, epoch=epoch + 1)
+      out.write_json(METRICS, {'members': member_table(grid),
+                               'history': history})
+      out.save_checkpoint(epoch + 1, **checkpoint.to_arrays(
+          state, history=history))
     if stop_after is not None and epoch + 1 >= stop_after:
       break
   return {'history': history, 'state': state}
+
+
+def sweep_settings(model: nn.Module, policy: Policy, grid: core.Grid,
+                   config: SweepConfig, train: tuple[np.ndarray, np.ndarray],
+                   test: tuple[np.ndarray, np.ndarray],
+                   params: Sequence[tuple[PyTree, PyTree]] | None = None
+                   ) -> dict[str, Any]:
+  """Everything of a sweep that can change its numbers: the run
+  directory's settings when :func:`run_sweep` is given a path."""
+  kinks = {k: np.asarray(v).tolist()
+           for k, v in dataclasses.asdict(grid.kinks).items()}
+  return {'model': repr(model), 'policy': policy.to_dict(),
+          'grid': {'seeds': list(grid.seeds), 'labels': list(grid.labels),
+                   'values': list(grid.values), 'kinks': kinks},
+          'config': dataclasses.asdict(config),
+          'data': rundir.array_digest(*train, *test),
+          'params': (None if params is None else
+                     rundir.array_digest(*jax.tree.leaves(params)))}
 
 
 @functools.lru_cache(maxsize=16)

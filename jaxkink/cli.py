@@ -1,0 +1,231 @@
+"""Flag checks shared by the experiment scripts and benchmarks.
+
+Every bad flag value is refused while absl parses the command line (flag
+validators), so the user sees one line naming the flag and what is allowed,
+the exit status is non-zero and no traceback is printed. Errors that can only
+be found later (a batch size larger than the data set, a run directory
+holding another run) are turned into the same kind of one-line message by
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from typing import Any, Callable, Iterable, Sequence
+
+from absl import app
+from absl import flags
+
+from jaxkink import precision
+from jaxkink.data.errors import DataError
+from jaxkink.rundir import RefusedError
+
+# Exit status of a refused run directory (settings differ, or another
+# process holds it): 2, as for a usage error of a command-line tool.
+EXIT_REFUSED = 2
+
+__all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
+           'check_choice', 'check_positive', 'fail', 'finite_float',
+           'finite_floats', 'main')
+
+
+def finite_float(text: Any, what: str) -> float:
+  """``float(text)``, refusing NaN, infinities and non-numbers.
+
+  Raises:
+    ValueError: naming ``what`` and the value.
+  """
+  try:
+    value = float(text)
+  except (TypeError, ValueError):
+    raise ValueError(f'{what}: {text!r} is not a number') from None
+  if not math.isfinite(value):
+    raise ValueError(f'{what}: {text!r} is not a finite number')
+  return value
+
+
+def finite_floats(values: Iterable[Any], what: str, *,
+                  count: int | None = None) -> tuple[float, ...]:
+  """Finite floats from a list flag; ``count`` values exactly, if given."""
+  out = tuple(finite_float(v, what) for v in values)
+  if not out:
+    raise ValueError(f'{what} is empty')
+  if count is not None and len(out) != count:
+    raise ValueError(f'{what} takes exactly {count} values, got {len(out)}')
+  return out
+
+
+def positive_ints(values: Iterable[Any], what: str, *,
+                  count: int | None = None) -> tuple[int, ...]:
+  """Integers >= 1 from a list flag; ``count`` values exactly, if given.
+
+  Raises:
+    ValueError: naming ``what`` and the bad value.
+  """
+  out = []
+  for v in values:
+    try:
+      n = int(str(v).strip())
+    except ValueError:
+      raise ValueError(f'{what}: {v!r} is not an integer') from None
+    if n < 1:
+      raise ValueError(f'{what}: {v!r} must be >= 1')
+    out.append(n)
+  if not out:
+    raise ValueError(f'{what} is empty')
+  if count is not None and len(out) != count:
+    raise ValueError(f'{what} takes exactly {count} values, got {len(out)}')
+  return tuple(out)
+
+def check(flag: str, predicate: Callable[[Any], Any], message: str,
+          flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers a parse-time check: ``predicate(value)`` must be true
+  (None, the "not given" value of optional flags, always passes).
+
+  ``predicate`` may also raise ValueError; its message is then shown.
+  """
+  def validate(value):
+    if value is None:
+      return True
+    try:
+      ok = predicate(value)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    if not ok:
+      raise flags.ValidationError(message)
+    return True
+  flags.register_validator(flag, validate, message=message,
+                           flag_values=flag_values)
+
+
+def check_positive(names: Sequence[str],
+                   flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parse-time checks that integer flags ``names`` are >= 1."""
+  for name in names:
+    check(name, lambda v: int(v) >= 1, f'--{name} must be >= 1',
+          flag_values=flag_values)
+
+
+def check_choice(name: str, choices: Iterable[str],
+                 flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parse-time check that a string (or every item of a list) flag is one
+  of ``choices``."""
+  choices = tuple(choices)
+  def ok(value):
+    items = value if isinstance(value, (list, tuple)) else [value]
+    bad = [v for v in items if v not in choices]
+    if bad:
+      raise ValueError(f'--{name}: unknown {", ".join(map(repr, bad))}; '
+                       f'valid: {", ".join(choices)}')
+    return True
+  check(name, ok, f'--{name} must be one of {", ".join(choices)}',
+        flag_values=flag_values)
+
+
+def check_together(names: Sequence[str],
+                   predicate: Callable[[dict[str, Any]], Any], message: str,
+                   flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Registers a parse-time check of several flags at once:
+  ``predicate({name: value})`` must be true (or raise ValueError, whose
+  message is then shown)."""
+  def validate(values):
+    try:
+      ok = predicate(values)
+    except ValueError as e:
+      raise flags.ValidationError(str(e)) from None
+    if not ok:
+      raise flags.ValidationError(message)
+    return True
+  flags.register_multi_flags_validator(list(names), validate, message=message,
+                                       flag_values=flag_values)
+
+
+def check_policies(name: str,
+                   flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parse-time check that a string (or every item of a non-empty list) flag
+  names a precision policy (``jaxkink.POLICIES`` or an alias)."""
+  def ok(value):
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+      raise ValueError(f'--{name} is empty; valid: '
+                       f'{", ".join(precision.POLICIES)}')
+    for item in items:
+      try:
+        precision.get_policy(item, check=False)
+      except ValueError as e:
+        raise ValueError(f'--{name}: {e}') from None
+    return True
+  check(name, ok, f'--{name} must name precision policies: '
+        f'{", ".join(precision.POLICIES)}', flag_values=flag_values)
+
+
+def _writable(path: str, what: str, directory: bool) -> bool:
+  """Raises ValueError unless ``path`` can be created (or written) as a file
+  (``directory=False``) or a directory."""
+  if not str(path).strip():
+    raise ValueError(f'{what} is empty')
+  if os.path.exists(path) and os.path.isdir(path) != directory:
+    want, got = ('directory', 'file') if directory else ('file', 'directory')
+    raise ValueError(f'{what}={path!r} is a {got}; expected a {want}')
+  parent = os.path.abspath(path if directory else os.path.dirname(
+      os.path.abspath(path)))
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f'{what}={path!r}: {parent!r} is not a directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise ValueError(f'{what}={path!r}: {parent!r} is not writable')
+  return True
+
+
+def check_output_file(name: str,
+                      flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parse-time check that a path flag names a file this run can write (not
+  empty, not a directory, under a writable directory)."""
+  check(name, lambda v: _writable(v, f'--{name}', directory=False),
+        f'--{name} must be a writable file path', flag_values=flag_values)
+
+
+def check_output_dir(name: str,
+                     flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Parse-time check that a path flag names a directory this run can
+  create or write into (not empty, not a file)."""
+  check(name, lambda v: _writable(v, f'--{name}', directory=True),
+        f'--{name} must be a writable directory path', flag_values=flag_values)
+
+class UsageValueError(ValueError):
+  """A setting that can only be checked after parsing is wrong (e.g. a
+  batch size larger than the data set)."""
+
+
+def fail(message: str, status: int = 1) -> None:
+  """Ends the program with ``error: message`` on stderr (no traceback)."""
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(status)
+
+
+def main(fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]],
+                                                         Any]:
+  """Wraps an absl ``main``: bad input found after parsing ends the program
+  with one line on stderr instead of a traceback or absl's usage page.
+
+  * :class:`RefusedError` (a run directory that holds another run, or is
+    held by another process): exit status 2 (``EXIT_REFUSED``);
+  * ``app.UsageError``, :class:`UsageValueError` and
+    :class:`~jaxkink.data.DataError` (missing or malformed data): exit
+    status 1.
+
+  Other exceptions are bugs and keep their traceback.
+  """
+  @functools.wraps(fn)
+  def wrapped(argv: Sequence[str]) -> Any:
+    try:
+      return fn(argv)
+    except RefusedError as e:
+      fail(f'refused: {e}', EXIT_REFUSED)
+    except (app.UsageError, UsageValueError, DataError) as e:
+      fail(str(e))
+  return wrapped
