@@ -28,13 +28,14 @@ import gzip
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from jaxkink import cli
 from jaxkink import data
 from jaxkink import rundir
 
@@ -44,6 +45,8 @@ _DATA_DIR = flags.DEFINE_string(
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs after a warm-up.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
+cli.check_positive(['repeats', 'batch_size'])
+cli.check_output_file('out')
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -57,15 +60,18 @@ def timed(fn: Callable[[], object], repeats: int) -> float:
   return statistics.median(times)
 
 
+MNIST_STEMS = ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
+               't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte')
+
+
 def bare_mnist(directory: str) -> None:
-  for stem in ('train-images-idx3-ubyte', 'train-labels-idx1-ubyte',
-               't10k-images-idx3-ubyte', 't10k-labels-idx1-ubyte'):
+  for stem in MNIST_STEMS:
     with open(os.path.join(directory, 'mnist', stem + '.gz'), 'rb') as f:
       raw = gzip.decompress(f.read())
     np.frombuffer(raw, np.uint8, offset=16 if 'images' in stem else 8)
 
 
-def main(argv):
+def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   directory = (_DATA_DIR.value or os.environ.get(data.ENV_VAR) or
@@ -78,11 +84,20 @@ def main(argv):
     return [data.load('mnist', s, data_dir=directory)
             for s in ('train', 'test')]
 
+  train = load_all()[0]  # a DataError (missing, malformed) ends the run here
+  missing = [stem + '.gz' for stem in MNIST_STEMS if not os.path.isfile(
+      os.path.join(directory, 'mnist', stem + '.gz'))]
+  if missing:
+    raise cli.UsageValueError(
+        f'--data_dir={directory!r}: the baseline reads the gzipped IDX files, '
+        f'missing: {", ".join(missing)}')
+  if batch_size > len(train):
+    raise cli.UsageValueError(f'--batch_size={batch_size} is larger than the '
+                              f'{len(train)} training digits')
   t_load = timed(load_all, repeats)
   t_bare = timed(lambda: bare_mnist(directory), repeats)
   rows.append(('load mnist (gz), 70000 digits', t_load, t_bare))
 
-  train = load_all()[0]
   prep = jax.jit(lambda x: data.preprocess(x, 'mnist', flatten=True))
   t_prep = timed(lambda: prep(train.images).block_until_ready(), repeats)
   rows.append(('preprocess mnist train (device, jit)', t_prep, None))
@@ -124,4 +139,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main))

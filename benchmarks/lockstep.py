@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import rundir
@@ -31,8 +32,14 @@ from jaxkink import rundir
 _WIDTHS = flags.DEFINE_list('widths', ['2000', '128', '10'], 'MLP widths.')
 _BATCH = flags.DEFINE_integer('batch_size', 128, 'Minibatch size.')
 _ITERATIONS = flags.DEFINE_integer('iterations', 100, 'Timed iterations.')
-_PRECISION = flags.DEFINE_string('precision', 'float32', 'Precision policy.')
+_PRECISION = flags.DEFINE_string('precision', 'float32', 'Precision policy: '
+                                 + ', '.join(jaxkink.POLICIES) + '.')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
+cli.check('widths', lambda v: cli.positive_ints(v, '--widths'),
+          '--widths must be positive integers')
+cli.check_positive(['batch_size', 'iterations'])
+cli.check_policies('precision')
+cli.check_output_file('out')
 
 
 def _time(fn, iterations: int) -> float:
@@ -46,9 +53,10 @@ def _time(fn, iterations: int) -> float:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
-  policy = jaxkink.get_policy(_PRECISION.value)
-  widths = tuple(int(w) for w in _WIDTHS.value)
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  policy, = jaxkink.policies_for_program([_PRECISION.value])
+  widths = cli.positive_ints(_WIDTHS.value, '--widths')
   model = models.MLP(widths=widths, dtype=policy.compute_dtype,
                      param_dtype=policy.param_dtype,
                      precision=policy.jax_precision)
@@ -96,4 +104,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main))

@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import data as data_lib
 from jaxkink import models
 from jaxkink import montecarlo as mc
@@ -47,6 +48,11 @@ _BATCHES = flags.DEFINE_integer('batches', 40, 'Minibatches per theta.')
 _TORCH_SAMPLES = flags.DEFINE_integer('torch_samples', 4, 'Thetas timed for '
                                       'the PyTorch loop (c).')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
+cli.check_positive(['samples', 'chunk', 'batches', 'torch_samples'])
+cli.check_together(['samples', 'chunk'],
+                   lambda v: v['samples'] >= v['chunk'],
+                   '--samples must be >= --chunk (whole chunks are timed)')
+cli.check_output_file('out')
 
 WIDTHS = (256, 256, 256, 10)
 BATCH = 256
@@ -155,8 +161,12 @@ def torch_rate(images: np.ndarray, labels: np.ndarray, samples: int) -> float:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   ds = data_lib.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  if len(ds) < BATCH:
+    raise cli.UsageValueError(f'{ds.describe()}: fewer than one minibatch of '
+                              f'{BATCH} digits')
   n = min(len(ds), _BATCHES.value * BATCH)
   x = data_lib.preprocess(ds.images[:n], 'mnist', normalize=False)
   (xs, ys), _ = mc.stack_batches(x, jnp.asarray(ds.labels[:n]), BATCH)
@@ -210,4 +220,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main))

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import rundir
 
 _SHAPE = flags.DEFINE_list('shape', ['64', '32', '32', '64'],
@@ -49,6 +50,23 @@ _REPEATS = flags.DEFINE_integer('repeats', 20,
                                 'Timed calls per measurement, after a warm-up.')
 _OUT = flags.DEFINE_string('out', None,
                            'Optional JSON path for the results.')
+
+
+def parse_shape(values: Sequence[str]) -> tuple[int, int, int, int]:
+  """``--shape`` as NHWC integers, all >= 1 and H, W >= 2 (a 2x2 window).
+
+  Raises:
+    ValueError: naming the flag and what is allowed.
+  """
+  shape = cli.positive_ints(values, '--shape', count=4)
+  if min(shape[1:3]) < 2:
+    raise ValueError(f'--shape must be NHWC with H, W >= 2, got {shape}')
+  return shape
+
+
+cli.check('shape', parse_shape, '--shape must be NHWC with H, W >= 2')
+cli.check_positive(['repeats'])
+cli.check_output_file('out')
 
 KINK = 0.5  # kink value of the single cases: neither 0 nor 1, so all live
 SWEEP = (0.0, 0.5, 1.0, 2.0)  # kink values of the vmapped sweep
@@ -137,15 +155,8 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    shape = tuple(int(n) for n in _SHAPE.value)
-  except ValueError as e:
-    raise app.UsageError(f'--shape must be integers: {e}') from e
-  if len(shape) != 4 or min(shape) < 1 or min(shape[1:3]) < 2:
-    raise app.UsageError(f'--shape must be NHWC with H, W >= 2, got {shape}')
+  shape = parse_shape(_SHAPE.value)  # checked while parsing
   repeats = _REPEATS.value
-  if repeats < 1:
-    raise app.UsageError('--repeats must be positive')
 
   device = jax.devices()[0]
   print(f'device: {device.device_kind} ({device.platform}), '
@@ -163,4 +174,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main))

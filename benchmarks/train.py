@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import models
 from jaxkink import rundir
 from jaxkink import training
@@ -48,18 +49,73 @@ _VGG = flags.DEFINE_list('vgg_config', ['16', 'M', '32', 'M', '64', 'M',
                          'Small VGG configuration (32x32x3 inputs).')
 _MODELS = flags.DEFINE_list('models', ['mlp', 'vgg'], 'Which models.')
 _TORCH = flags.DEFINE_boolean('torch', True, 'Also time PyTorch.')
-_PRECISION = flags.DEFINE_string('precision', 'float32', 'Precision policy.')
+_PRECISION = flags.DEFINE_string('precision', 'float32', 'Precision policy: '
+                                 + ', '.join(jaxkink.POLICIES) + '.')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
 
 OPTIMIZER = training.OptimizerConfig('sgd', lr=0.01, momentum=0.9,
                                      weight_decay=5e-4)
+MODELS = ('mlp', 'vgg')
+CLASSES = 10  # the synthetic labels are 0..9
+POOLS = 5  # 32x32 inputs: five 2x2 max pools bring them to 1x1
+
+
+def parse_members(values: Sequence[str]) -> tuple[int, ...]:
+  """``--members`` as integers >= 1, one of them 1 (the ratios' base)."""
+  sizes = cli.positive_ints(values, '--members')
+  if 1 not in sizes:
+    raise ValueError(f'--members must include 1 (per-member rates are '
+                     f'compared to one member), got {",".join(values)}')
+  return sizes
+
+
+def parse_mlp(values: Sequence[str]) -> tuple[int, ...]:
+  """``--mlp_widths`` as integers >= 1, the last (the classes) >= 10."""
+  widths = cli.positive_ints(values, '--mlp_widths')
+  if widths[-1] < CLASSES:
+    raise ValueError(f'--mlp_widths: the last width is the number of classes '
+                     f'and must be >= {CLASSES}, got {widths[-1]}')
+  return widths
+
+
+def parse_vgg(values: Sequence[str]) -> tuple[int | str, ...]:
+  """``--vgg_config`` as positive integers and ``'M'`` (at most five)."""
+  config: list[int | str] = []
+  for v in values:
+    if str(v).strip().upper() == 'M':
+      config.append('M')
+    else:
+      config += cli.positive_ints([v], '--vgg_config (widths or M)')
+  if not config:
+    raise ValueError('--vgg_config is empty')
+  if config.count('M') > POOLS:
+    raise ValueError(f'--vgg_config: at most {POOLS} M (max pools) for '
+                     f'32x32 inputs, got {config.count("M")}')
+  return tuple(config)
+
+
+cli.check('members', parse_members, '--members must be integers >= 1, one '
+          'of them 1')
+cli.check_positive(['steps', 'batch_size', 'repeats'])
+cli.check('mlp_widths', parse_mlp, '--mlp_widths must be integers >= 1')
+cli.check('vgg_config', parse_vgg, '--vgg_config must be integers >= 1 and M')
+cli.check('models', bool, f'--models is empty; valid: {", ".join(MODELS)}')
+cli.check_choice('models', MODELS)
+cli.check_together(
+    ['vgg_config', 'models', 'torch'],
+    lambda v: (not v['torch'] or 'vgg' not in v['models']
+               or parse_vgg(v['vgg_config']).count('M') == POOLS),
+    f'--vgg_config needs exactly {POOLS} M with --torch (the PyTorch '
+    'classifier takes the channels of a 1x1 map); or pass --notorch')
+cli.check_policies('precision')
+cli.check_output_file('out')
 
 
 def _model(name: str, policy):
   if name == 'mlp':
-    return (models.get('mlp', widths=tuple(int(w) for w in _MLP.value),
-                       policy=policy), (28, 28, 1), 'mnist')
-  config = tuple(v if v == 'M' else int(v) for v in _VGG.value)
+    return (models.get('mlp', widths=parse_mlp(_MLP.value), policy=policy),
+            (28, 28, 1), 'mnist')
+  config = parse_vgg(_VGG.value)
   return models.get('vgg11', config=config, policy=policy), (32, 32, 3), (
       'cifar10')
 
@@ -70,7 +126,7 @@ def time_jax(name: str, members: int, shared: bool, policy) -> float:
   rng = np.random.default_rng(0)
   n = _STEPS.value * _BATCH.value
   images = jnp.asarray(rng.integers(0, 256, (n, *shape), dtype=np.uint8))
-  labels = jnp.asarray(rng.integers(0, 10, n).astype(np.int32))
+  labels = jnp.asarray(rng.integers(0, CLASSES, n).astype(np.int32))
   grid = training.make_grid([0], np.linspace(0, 1, members))
   tx = training.make_optimizer(OPTIMIZER, 0)
   epoch = training.make_train_epoch(model, tx, policy, grid, dataset=dataset,
@@ -102,7 +158,7 @@ def time_torch(name: str) -> float | None:
     return None
   torch.manual_seed(0)
   if name == 'mlp':
-    widths = [784] + [int(w) for w in _MLP.value]
+    widths = [784, *parse_mlp(_MLP.value)]
     layers: list[Any] = [nn.Flatten()]
     for i in range(len(widths) - 1):
       layers.append(nn.Linear(widths[i], widths[i + 1]))
@@ -111,13 +167,13 @@ def time_torch(name: str) -> float | None:
     shape = (1, 28, 28)
   else:
     layers, c = [], 3
-    for v in _VGG.value:
+    for v in parse_vgg(_VGG.value):
       if v == 'M':
         layers.append(nn.MaxPool2d(2, 2))
       else:
-        layers += [nn.Conv2d(c, int(v), 3, padding=1), nn.ReLU()]
-        c = int(v)
-    layers += [nn.Flatten(), nn.Linear(c, 10)]
+        layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+        c = v
+    layers += [nn.Flatten(), nn.Linear(c, CLASSES)]
     shape = (3, 32, 32)
   net = nn.Sequential(*layers)
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9,
@@ -125,7 +181,7 @@ def time_torch(name: str) -> float | None:
   loss_fn = nn.CrossEntropyLoss()
   b = _BATCH.value
   x = torch.randn(_STEPS.value, b, *shape)
-  y = torch.randint(0, 10, (_STEPS.value, b))
+  y = torch.randint(0, CLASSES, (_STEPS.value, b))
 
   def epoch():
     for k in range(_STEPS.value):
@@ -144,9 +200,10 @@ def time_torch(name: str) -> float | None:
 
 
 def main(argv: Sequence[str]) -> None:
-  del argv
-  policy = jaxkink.get_policy(_PRECISION.value)
-  sizes = [int(k) for k in _MEMBERS.value]
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  policy, = jaxkink.policies_for_program([_PRECISION.value])
+  sizes = parse_members(_MEMBERS.value)
   results: dict[str, Any] = {
       'steps': _STEPS.value, 'batch_size': _BATCH.value,
       'precision': policy.name, 'device': jax.devices()[0].device_kind,
@@ -180,4 +237,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(cli.main(main))

@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import rundir
 
 FLAGS = flags.FLAGS
@@ -50,7 +51,6 @@ FLAGS = flags.FLAGS
 T_GRID = (-1e-3, -1e-2, -1e-1, 0.0, 1e1, 1e2, 1e3)
 XS = {'x1': (1.0, 2.0, 3.0, 4.0), 'x2': (1.4, 1.4, 1.4, 1.4)}
 PRECISIONS = ('float16', 'float32', 'float64')
-
 
 
 def max_pooled(z: jax.Array, beta: float) -> jax.Array:
@@ -156,6 +156,12 @@ def define_flags() -> None:
   flags.DEFINE_list('t', [repr(t) for t in T_GRID], 'Values of t.')
   flags.DEFINE_integer('plot_points', 301, 'Values of c in [0.5, 2] for the '
                        "plot of |zero'(1)| at x = (c, c, c, c) (0: no plot).")
+  cli.check_output_dir('out')
+  cli.check_policies('precisions')
+  cli.check('t', lambda v: cli.finite_floats(v, '--t'),
+            '--t must be a list of finite numbers')
+  cli.check('plot_points', lambda v: v >= 0,
+            '--plot_points must be >= 0 (0: no plot)')
 
 
 def main(argv: Sequence[str]) -> None:
@@ -167,9 +173,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(str(e)) from e
   precisions = [p.name for p in policies]
   try:
-    ts = [float(t) for t in FLAGS.t]
+    ts = list(cli.finite_floats(FLAGS.t, '--t'))
   except ValueError as e:
-    raise app.UsageError(f'--t must be a list of numbers: {e}') from e
+    raise app.UsageError(str(e)) from e
 
   out = FLAGS.out
   os.makedirs(out, exist_ok=True)
@@ -199,4 +205,4 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  app.run(cli.main(main))
