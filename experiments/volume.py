@@ -26,11 +26,12 @@ those precisions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
@@ -40,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import data as data_lib
 from jaxkink import models
 from jaxkink import montecarlo
@@ -101,18 +103,29 @@ def define_flags() -> None:
                     'Thetas of a chunk: vmapped (GPUs) or looped inside the '
                     "program (CPUs); 'auto' picks by backend.")
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
+  cli.check_choice('precision', jaxkink.POLICIES)
+  cli.check_positive(('samples', 'chunk', 'batch_size', 'train_size'))
+  cli.check('kinks', parse_kinks, 'see --helpfull')
+  cli.check('model', lambda v: models.options(v) is not None,
+            'see --helpfull')
+  cli.check_choice('dataset', data_lib.DATASETS)
+  cli.check('model_opt', lambda v: parse_model_opts(v) is not None,
+            'expected key=value')
+  cli.check('tau', lambda v: cli.finite_float(v, '--tau') >= 0,
+            '--tau must be a finite number >= 0')
 
 
 def parse_kinks(text: str) -> tuple[str, tuple[float, float]]:
   """``'relu:0,1'`` -> ``('relu', (0.0, 1.0))``, with a clear error."""
   kind, sep, values = str(text).partition(':')
   try:
-    pair = tuple(float(v) for v in values.split(','))
+    pair = cli.finite_floats(values.split(','), f'--kinks={text!r}')
   except ValueError:
     pair = ()
   if not sep or len(pair) != 2 or kind not in montecarlo.KINDS:
     raise ValueError(f'--kinks={text!r}: expected KIND:V0,V1 with KIND in '
-                     f'{", ".join(montecarlo.KINDS)}, e.g. relu:0,1')
+                     f'{", ".join(montecarlo.KINDS)} and finite numbers '
+                     'V0, V1, e.g. relu:0,1')
   return kind, pair
 
 
@@ -144,17 +157,43 @@ def _dataset(name: str, data_dir: str | None):
   return _DATA_CACHE[key]
 
 
-def run_one(cfg: dict[str, Any], out: str, data_dir: str | None,
-            log=logging.info) -> dict[str, Any]:
-  """Runs (or resumes) one setting into ``out``; returns its summary."""
+class Prepared(NamedTuple):
+  """One run, ready to open its run directory and compute."""
+  engine: montecarlo.Engine
+  x: jax.Array
+  y: jax.Array
+  settings: dict[str, Any]
+  source: dict[str, Any]
+
+
+def prepare(cfg: dict[str, Any], data_dir: str | None) -> Prepared:
+  """The engine, inputs and run-directory settings of one run.
+
+  The settings are every value that can change a record: the run's flags
+  (after the preset), the theta loop in force, the data (its description
+  and a hash of the examples used), the precision policy and the model.
+
+  Raises:
+    cli.UsageValueError: settings that do not fit the data or the model.
+  """
   policy = jaxkink.get_policy(cfg['precision'])
   kind, values = parse_kinks(cfg['kinks'])
   dataset = _dataset(cfg['dataset'], data_dir)
   n = len(dataset) if cfg['train_size'] is None else int(cfg['train_size'])
   if not 1 <= n <= len(dataset):
-    raise ValueError(f'train_size must be in 1..{len(dataset)}, got {n}')
-  model = models.get(cfg['model'], policy=policy,
-                     **parse_model_opts(cfg['model_opt']))
+    raise cli.UsageValueError(
+        f'--train_size must be in 1..{len(dataset)} (the {cfg["dataset"]} '
+        f'examples in {dataset.source}), got {n}')
+  if not 1 <= cfg['batch_size'] <= n:
+    raise cli.UsageValueError(
+        f'--batch_size must be in 1..{n} (the examples used), got '
+        f'{cfg["batch_size"]}')
+  try:
+    model = models.get(cfg['model'], policy=policy,
+                       **parse_model_opts(cfg['model_opt']))
+  except (TypeError, ValueError) as e:
+    raise cli.UsageValueError(f'--model={cfg["model"]} --model_opt='
+                              f'{",".join(cfg["model_opt"])}: {e}') from e
   x = data_lib.preprocess(dataset.images[:n], dataset.info,
                           normalize=cfg['normalize'],
                           dtype=policy.input_dtype)
@@ -166,25 +205,50 @@ def run_one(cfg: dict[str, Any], out: str, data_dir: str | None,
                              screen=cfg['screen'],
                              batch_norm_mode=cfg['batch_norm_mode'],
                              theta_loop=theta_loop(cfg['theta_loop']))
-  config = {**cfg, 'theta_loop': engine.theta_loop, 'data': dataset.describe(), 'num_examples': n,
-            'policy': policy.to_dict(), 'model_repr': repr(model)}
-  montecarlo.check_resume(out, config)
-  rundir.write_json(os.path.join(out, 'environment.json'),
-                    rundir.environment())
-  log(f'[{os.path.basename(out)}] {policy}; {cfg["model"]} on {n} '
-      f'{cfg["dataset"]} examples, {cfg["kinks"]}, M={cfg["samples"]}')
+  described = dataset.describe()
+  source = {'source': described.pop('source')}  # where, not what: recorded
+  settings = {'flags': {k: cfg[k] for k in RUN_FLAGS},
+              'theta_loop': engine.theta_loop,
+              'data': {**described, 'num_examples_used': n,
+                       'sha256': _data_digest(dataset, n)},
+              'policy': policy.to_dict(), 'model': repr(model)}
+  return Prepared(engine, x, y, settings, source)
+
+
+def _data_digest(dataset, n: int) -> str:
+  key = (id(dataset), n)
+  if key not in _DIGESTS:
+    _DIGESTS[key] = rundir.array_digest(dataset.images[:n],
+                                        dataset.labels[:n])
+  return _DIGESTS[key]
+
+
+_DIGESTS: dict[Any, str] = {}
+
+
+def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
+            log=logging.info) -> dict[str, Any]:
+  """Runs (or resumes) one prepared setting into ``run``; returns its
+  summary (empty on processes other than 0)."""
+  name = os.path.basename(run.path)
+  run.write_json('environment.json', rundir.environment())
+  run.write_json('data.json', {**prepared.settings['data'],
+                               **prepared.source})
+  engine = prepared.engine
+  log(f'[{name}] {engine.policy}; {cfg["model"]} on '
+      f'{prepared.settings["data"]["num_examples_used"]} {cfg["dataset"]} '
+      f'examples, {cfg["kinks"]}, M={cfg["samples"]}')
   t0 = time.perf_counter()
-  records = montecarlo.run(engine, x, y, cfg['batch_size'], out,
-                           progress=lambda s: log(f'[{os.path.basename(out)}]'
-                                                  f' {s}'))
+  records = montecarlo.run(engine, prepared.x, prepared.y, cfg['batch_size'],
+                           run, progress=lambda s: log(f'[{name}] {s}'))
   if records is None:  # another process gathers
     return {}
   summary = zones.summarize(records, tau=cfg['tau'],
                             first_layer_only=cfg['first_layer_only'])
   summary['seconds'] = time.perf_counter() - t0
   summary['config'] = {k: cfg[k] for k in RUN_FLAGS}
-  rundir.write_json(os.path.join(out, 'summary.json'), summary)
-  log(f'[{os.path.basename(out)}] theta in S: '
+  run.write_json('summary.json', summary)
+  log(f'[{name}] theta in S: '
       f'{100 * summary["theta_in_zone"]["p"]:.1f}% '
       f'+- {100 * summary["theta_in_zone"]["margin"]:.1f}; impacted pairs '
       f'{100 * summary["impacted_pairs"]["p"]:.3f}%')
@@ -258,6 +322,7 @@ def _runs_from_flags() -> tuple[volume_presets.Preset | None, list]:
   return preset, runs
 
 
+@cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -266,26 +331,37 @@ def main(argv: Sequence[str]) -> None:
     jaxkink.get_policy(run.flags['precision'], check=False)  # name check
     parse_kinks(run.flags['kinks'])
   jaxkink.policies_for_program([r.flags['precision'] for r in runs])
-  os.makedirs(FLAGS.out, exist_ok=True)
-  rundir.write_json(os.path.join(FLAGS.out, 'flags.json'),
-                    {'preset': FLAGS.preset,
-                     'runs': [{'label': r.label, **r.flags} for r in runs]})
-  summaries = []
-  for run in runs:
-    summaries.append(run_one(run.flags, os.path.join(FLAGS.out, run.label),
-                             FLAGS.data_dir))
-  if jax.process_index() != 0:
-    return
-  title = (volume_presets.PRESETS[FLAGS.preset].description if FLAGS.preset
-           else 'volume')
-  table = [f'# {title}', '', zones.TABLE_HEADER]
-  table += [zones.format_summary(r.label, s) for r, s in zip(runs, summaries)]
-  rundir.write_text(os.path.join(FLAGS.out, 'summary.md'),
-                    '\n'.join(table) + '\n')
-  rundir.write_text(os.path.join(FLAGS.out, 'summaries.json'),
-                    json.dumps({r.label: s for r, s in zip(runs, summaries)},
-                               indent=2, default=str) + '\n')
-  plot(preset, runs, summaries, FLAGS.out)
+  prepared = [prepare(r.flags, FLAGS.data_dir) for r in runs]
+  top = {'preset': FLAGS.preset,
+         'runs': [{'label': r.label, **p.settings}
+                  for r, p in zip(runs, prepared)]}
+  paths = [os.path.join(FLAGS.out, r.label) for r in runs]
+  # Every directory is checked before any is written.
+  for path, settings in [(FLAGS.out, top)] + [
+      (p, q.settings) for p, q in zip(paths, prepared)]:
+    rundir.RunDir.check(path, settings)
+  with contextlib.ExitStack() as stack:
+    out = stack.enter_context(rundir.RunDir.open(FLAGS.out, top))
+    dirs = [stack.enter_context(rundir.RunDir.open(p, q.settings))
+            for p, q in zip(paths, prepared)]
+    if jax.process_index() == 0:
+      out.write_json('flags.json', {
+          'preset': FLAGS.preset,
+          'runs': [{'label': r.label, **r.flags} for r in runs]})
+    summaries = [run_one(r.flags, p, d)
+                 for r, p, d in zip(runs, prepared, dirs)]
+    if jax.process_index() != 0:
+      return
+    title = (volume_presets.PRESETS[FLAGS.preset].description
+             if FLAGS.preset else 'volume')
+    table = [f'# {title}', '', zones.TABLE_HEADER]
+    table += [zones.format_summary(r.label, s)
+              for r, s in zip(runs, summaries)]
+    out.write_text('summary.md', '\n'.join(table) + '\n')
+    out.write_text('summaries.json', json.dumps(
+        {r.label: s for r, s in zip(runs, summaries)}, indent=2,
+        default=str) + '\n')
+    plot(preset, runs, summaries, FLAGS.out)
   print('\n'.join(table))
   print(f'\nwritten to {FLAGS.out}/ (summary.md, volume.png, one directory '
         'per run)')

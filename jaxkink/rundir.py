@@ -289,6 +289,15 @@ class RunDir:
       raise
     return cls(path, settings, fd, warn)
 
+  @staticmethod
+  def check(path: str | os.PathLike, settings: Any) -> None:
+    """Raises :class:`RefusedError` if ``path`` holds a run of other
+    settings (or an unreadable manifest); writes nothing. For checking
+    several directories before opening any."""
+    manifest = _read_manifest(os.fspath(path))
+    if manifest is not None:
+      _check_settings(os.fspath(path), manifest, canonical(settings))
+
   def close(self) -> None:
     """Releases the lock (the kernel also does when the process dies)."""
     if self._lock_fd is not None:

@@ -45,7 +45,8 @@ def test_table1_preset_writes_tables_and_plot(tmp_path):
   assert ref['config']['samples'] == 4   # the command line beats the preset
   assert os.path.getsize(os.path.join(out, 'volume.png')) > 1000
   for label in ('reference_float32', 'clean_float32'):
-    for name in ('config.json', 'environment.json', 'summary.json'):
+    for name in ('manifest.json', 'environment.json', 'data.json',
+                 'summary.json'):
       assert os.path.exists(os.path.join(out, label, name))
     assert len(os.listdir(os.path.join(out, label, 'chunks'))) == 2
 
@@ -79,7 +80,8 @@ def test_killed_run_restarts_to_the_same_summary(tmp_path):
 
 @pytest.mark.parametrize('flag,message', [
     ('--kinks=gelu:0,1', 'expected KIND:V0,V1'),
-    ('--precision=float99', 'unknown precision policy'),
+    ('--kinks=relu:nan,1', 'finite numbers'),
+    ('--precision=float99', "unknown 'float99'"),
     ('--model=vgg12', 'unknown model'),
     ('--batch_size=5000', 'batch_size must be in 1..2000'),
 ])
@@ -88,3 +90,4 @@ def test_bad_flags_give_clear_errors(tmp_path, flag, message):
                  check=False)
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr + proc.stdout
