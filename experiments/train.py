@@ -5,7 +5,10 @@ seed's minibatches; only the kink value (ReLU'(0), the ReLU6 kinks,
 LeakyReLU'(0), the MaxPool beta) differs between members of one seed. The
 whole grid is one jitted, vmapped program (``jaxkink.training``). After every
 epoch the per-member metrics are written to ``<out>/metrics.json`` and a
-checkpoint to ``<out>/checkpoint.npz``; re-running the same command resumes.
+checkpoint to ``<out>/checkpoints/`` (the newest two kept); re-running the
+same command resumes. ``<out>/manifest.json`` holds every setting that can
+change a number: a re-run with other settings is refused (exit status 2) and
+changes nothing.
 
 Presets hold the papers' settings (``--preset=relu_mlp_mnist``, ``--reduced``
 for a CPU-sized version; explicit flags override the preset)::
@@ -20,7 +23,7 @@ ReLU'(0) assignment (``legacy_relu_grad``) and with the multiplication, into
 ``<out>/legacy_off`` and ``<out>/legacy_on``, and plots both (the 2023
 erratum comparison).
 
-Outputs: ``flags.json``, ``environment.json``, ``policy.json``,
+Outputs: ``manifest.json``, ``flags.json``, ``environment.json``, ``policy.json``,
 ``data.json``, ``metrics.json`` (per epoch and member: train loss, train
 and test accuracy, test loss, L1 / L2 distance to the first kink value of the
 member's seed, divergence), ``summary.json`` (final test accuracy per kink
@@ -32,9 +35,10 @@ epoch per kink value, mean and std over seeds), ``weight_distance.png``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
@@ -42,6 +46,7 @@ import jax
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import data
 from jaxkink import models
 from jaxkink import rundir
@@ -50,6 +55,7 @@ from jaxkink import training
 FLAGS = flags.FLAGS
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'svhn', 'cifar10_sample')
+ACTIVATIONS = ('relu', 'relu6', 'leaky_relu')
 SAMPLE_FILE = os.path.join('cifar10-first4000', 'cifar10_first4000.npz')
 SAMPLE_TEST = 1000  # the sample's last images, held out as its test set
 
@@ -132,6 +138,30 @@ def define_flags(flag_values=FLAGS) -> None:
                        'examples only.', flag_values=flag_values)
   flags.DEFINE_integer('eval_batch_size', 1000, 'Test batch size.',
                        flag_values=flag_values)
+  check = lambda *a: cli.check(*a, flag_values=flag_values)
+  check('preset', lambda v: training.get_preset(v) is not None,
+        'unknown preset')
+  cli.check_positive(('epochs', 'batch_size', 'seeds', 'eval_batch_size',
+                      'train_examples', 'test_examples'),
+                     flag_values=flag_values)
+  cli.check_policies('precision', flag_values=flag_values)
+  cli.check_choice('dataset', DATASETS, flag_values=flag_values)
+  cli.check_choice('optimizer', training.OPTIMIZERS, flag_values=flag_values)
+  cli.check_choice('schedule', training.SCHEDULES, flag_values=flag_values)
+  cli.check_choice('activation', ACTIVATIONS, flag_values=flag_values)
+  check('model', lambda v: models.options(v) is not None, 'unknown model')
+  check('widths', lambda v: cli.positive_ints(v, '--widths'), 'integers >= 1')
+  for name in ('kink_values', 'pool_betas'):
+    check(name, lambda v, n=name: cli.finite_floats(v, f'--{n}'),
+          'finite numbers')
+  check('lr', lambda v: cli.finite_float(v, '--lr') > 0,
+        '--lr must be a finite number > 0')
+  for name in ('momentum', 'weight_decay'):
+    check(name, lambda v, n=name: cli.finite_float(v, f'--{n}') >= 0,
+          f'--{name} must be a finite number >= 0')
+  check('dropout', lambda v: 0 <= cli.finite_float(v, '--dropout') < 1,
+        '--dropout must be in [0, 1)')
+  check('first_seed', lambda v: v >= 0, '--first_seed must be >= 0')
 
 
 def settings_from_flags(flag_values=None) -> dict[str, Any]:
@@ -348,49 +378,75 @@ def plot_erratum(path: str, summaries: dict[str, dict[str, Any]],
   plt.close(fig)
 
 
-def run_one(out: str, s: dict[str, Any], legacy: bool, train, test,
-            data_desc, norm: str) -> dict[str, Any]:
-  """One sweep into ``out``; returns its summary."""
+class Sweep(NamedTuple):
+  """One sweep, ready to open its run directory and train."""
+  model: Any
+  policy: jaxkink.Policy
+  grid: training.Grid
+  config: training.SweepConfig
+  settings: dict[str, Any]
+  recorded: dict[str, Any]
+
+
+def prepare(s: dict[str, Any], legacy: bool, train, test,
+            norm: str) -> Sweep:
+  """The model, grid, configuration and run-directory settings of a sweep:
+  the flags after the preset, and every value derived from them and from
+  the data that can change a number (:func:`training.sweep_settings`)."""
   model, policy, grid, optimizer = build(s, legacy)
   augment = s['augment']
   if augment is None:
     augment = norm == 'cifar10'
   if int(s['batch_size']) > len(train[1]):
-    raise app.UsageError(f'--batch_size {s["batch_size"]} exceeds the '
-                         f'{len(train[1])} training examples')
+    raise cli.UsageValueError(f'--batch_size {s["batch_size"]} exceeds the '
+                              f'{len(train[1])} training examples')
   config = training.SweepConfig(
       dataset=norm, epochs=int(s['epochs']), batch_size=int(s['batch_size']),
       optimizer=optimizer, augment=bool(augment),
       eval_batch_size=FLAGS.eval_batch_size, shared_batch=FLAGS.shared_batch,
       batching=FLAGS.batching)
-  os.makedirs(out, exist_ok=True)
   recorded = {k: (list(v) if isinstance(v, tuple) else v)
               for k, v in s.items()}
   recorded.update(preset=FLAGS.preset, reduced=FLAGS.reduced,
                   legacy_relu_grad=legacy, augment=bool(augment),
                   seeds_list=list(grid.seeds), labels=list(grid.labels),
                   shared_batch=FLAGS.shared_batch, batching=FLAGS.batching,
-                  blended_pool_forward=FLAGS.blended_pool_forward)
-  rundir.write_json(os.path.join(out, 'flags.json'), recorded)
-  rundir.write_json(os.path.join(out, 'environment.json'),
-                    rundir.environment())
-  rundir.write_json(os.path.join(out, 'policy.json'), policy.to_dict())
-  rundir.write_json(os.path.join(out, 'data.json'), data_desc)
-  print(f'{out}: {s["model"]} on {data_desc["name"]}, {grid.members} members '
-        f'({grid.num_seeds} seeds x {grid.num_kinks} kink values), '
+                  blended_pool_forward=FLAGS.blended_pool_forward,
+                  eval_batch_size=FLAGS.eval_batch_size)
+  settings = {'flags': recorded, **training.sweep_settings(
+      model, policy, grid, config, train, test)}
+  return Sweep(model, policy, grid, config, settings, recorded)
+
+
+def run_one(run: rundir.RunDir, sweep: Sweep, train, test,
+            data_desc) -> dict[str, Any]:
+  """Trains one prepared sweep into ``run``; returns its summary."""
+  s, policy, grid = sweep.recorded, sweep.policy, sweep.grid
+  legacy = s['legacy_relu_grad']
+  run.write_json('flags.json', s)
+  run.write_json('environment.json', rundir.environment())
+  run.write_json('policy.json', policy.to_dict())
+  run.write_json('data.json', data_desc)
+  print(f'{run.path}: {s["model"]} on {data_desc["name"]}, {grid.members} '
+        f'members ({grid.num_seeds} seeds x {grid.num_kinks} kink values), '
         f'legacy_relu_grad={legacy}; precision {policy}', flush=True)
   with policy.scope():
-    result = training.run_sweep(model, policy, grid, config, train, test,
-                                out=out, log=lambda m: print(m, flush=True))
+    result = training.run_sweep(sweep.model, policy, grid, sweep.config,
+                                train, test, out=run,
+                                log=lambda m: print(m, flush=True))
   members = training.member_table(grid)
   summary = summarise(result['history'], members)
-  rundir.write_json(os.path.join(out, 'summary.json'), summary)
+  run.write_json('summary.json', summary)
   title = (f'{s["model"]} {data_desc["name"]} {s["optimizer"]} lr {s["lr"]}'
            f' {policy.name}' + (' legacy ReLU grad' if legacy else ''))
-  plot_run(out, result['history'], members, summary, title)
+  plot_run(run.path, result['history'], members, summary, title)
   return summary
 
 
+LEGACY_RUNS = {'legacy_off': False, 'legacy_on': True}
+
+
+@cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -407,24 +463,40 @@ def main(argv: Sequence[str]) -> None:
         flush=True)
   out = FLAGS.out
   if FLAGS.compare_legacy:
+    sweeps = {name: prepare(s, legacy, train, test, norm)
+              for name, legacy in LEGACY_RUNS.items()}
+    paths = {name: os.path.join(out, name) for name in sweeps}
+    top = {'compare_legacy': {n: w.settings for n, w in sweeps.items()}}
+  else:
+    sweeps = {'': prepare(s, FLAGS.legacy_relu_grad, train, test, norm)}
+    paths = {'': out}
+    top = None
+  # Every directory is checked before any is written.
+  if top is not None:
+    rundir.RunDir.check(out, top)
+  for name, sweep in sweeps.items():
+    rundir.RunDir.check(paths[name], sweep.settings)
+  with contextlib.ExitStack() as stack:
+    if top is not None:
+      top_dir = stack.enter_context(rundir.RunDir.open(out, top))
     summaries = {}
-    for legacy in (False, True):
-      name = 'legacy_on' if legacy else 'legacy_off'
-      summaries[name] = run_one(os.path.join(out, name), s, legacy, train,
-                                test, desc, norm)
-    rundir.write_json(os.path.join(out, 'erratum.json'), summaries)
-    plot_erratum(os.path.join(out, 'erratum.png'), {
-        "multiplied (s * g, corrected)": summaries['legacy_off'],
-        "assigned (s, 2021 code)": summaries['legacy_on']},
-        f'{s["model"]} {desc["name"]} {s["precision"]}: ReLU\'(0) '
-        'assigned vs multiplied')
+    for name, sweep in sweeps.items():
+      run = stack.enter_context(rundir.RunDir.open(paths[name],
+                                                   sweep.settings))
+      summaries[name] = run_one(run, sweep, train, test, desc)
+    if top is not None:
+      top_dir.write_json('erratum.json', summaries)
+      plot_erratum(top_dir.file('erratum.png'), {
+          'multiplied (s * g, corrected)': summaries['legacy_off'],
+          'assigned (s, 2021 code)': summaries['legacy_on']},
+          f'{s["model"]} {desc["name"]} {s["precision"]}: ReLU\'(0) '
+          'assigned vs multiplied')
+  if top is not None:
     final = {k: [(r['kink_value'], round(r['test_acc_mean'], 4))
                  for r in v['per_kink']] for k, v in summaries.items()}
   else:
-    summary = run_one(out, s, FLAGS.legacy_relu_grad, train, test, desc,
-                      norm)
     final = [(r['label'], round(r['test_acc_mean'], 4))
-             for r in summary['per_kink']]
+             for r in summaries['']['per_kink']]
   print(json.dumps({'final_test_acc_mean': final}))
 
 

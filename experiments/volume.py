@@ -103,7 +103,7 @@ def define_flags() -> None:
                     'Thetas of a chunk: vmapped (GPUs) or looped inside the '
                     "program (CPUs); 'auto' picks by backend.")
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
-  cli.check_choice('precision', jaxkink.POLICIES)
+  cli.check_policies('precision')
   cli.check_positive(('samples', 'chunk', 'batch_size', 'train_size'))
   cli.check('kinks', parse_kinks, 'see --helpfull')
   cli.check('model', lambda v: models.options(v) is not None,

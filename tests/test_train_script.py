@@ -75,9 +75,8 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
   assert s['widths'] == ['16', '10'] and s['kink_values'] == ['0', '0.5']
   assert s['seeds'] == 1  # command line
   fv.unparse_flags()
-  fv(['train.py', '--preset=nope'])
-  with pytest.raises(app.UsageError, match='unknown preset'):
-    script.settings_from_flags(fv)
+  with pytest.raises(flags.IllegalFlagValueError, match='unknown preset'):
+    fv(['train.py', '--preset=nope'])  # refused while parsing
   fv.unparse_flags()
   fv(['train.py', '--reduced'])
   with pytest.raises(app.UsageError, match='--reduced needs --preset'):

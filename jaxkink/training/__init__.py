@@ -31,6 +31,7 @@ from jaxkink.training.loop import SweepConfig
 from jaxkink.training.loop import member_table
 from jaxkink.training.loop import run_sweep
 from jaxkink.training.loop import shard_members
+from jaxkink.training.loop import sweep_settings
 from jaxkink.training.presets import PRESETS
 from jaxkink.training.presets import Preset
 from jaxkink.training.presets import get_preset
@@ -61,5 +62,6 @@ __all__ = (
     'member_table',
     'run_sweep',
     'shard_members',
+    'sweep_settings',
     'weight_distances',
 )
