@@ -208,10 +208,11 @@ CASES = [
         {'data': np.zeros((1, 3072), np.uint8), 'labels': [0]}, protocol=5)),
      'cifar10', {}, r'refused to unpickle: the pickle asks for '
      r'numpy\._core\.numeric\._frombuffer'),
-    ('python 3 protocol 2', cifar_file(pickle.dumps(
-        {'data': np.zeros((1, 3072), np.uint8), 'labels': [0]}, protocol=2)),
-     'cifar10', {}, r'refused to unpickle: the pickle asks for '
-     r'_codecs\.encode'),
+    ('codecs encode, other codec', cifar_file(
+        b"\x80\x02c_codecs\nencode\nX\x01\x00\x00\x00xX\x05\x00\x00\x00"
+        b"rot13\x86R."), 'cifar10', {}, r"refused to unpickle: the pickle asks "
+     r"for _codecs\.encode\('x', 'rot13'\): only _codecs\.encode\(a str, "
+     r"'latin1'\)"),
     ('persistent id', cifar_file(b'\x80\x02X\x01\x00\x00\x00aQ.'), 'cifar10',
      {}, r'refused to unpickle: the pickle asks for persistent id'),
     ('truncated pickle', cifar_file(py2_pickle(cifar_batch(
@@ -347,13 +348,16 @@ def test_nested_code_in_a_valid_looking_batch_is_refused(tmp_path):
 
 
 def test_restricted_unpickler_still_reads_plain_values():
-  value = {'a': [1, 2.5, None, True], b'b': (b'xy', 'z'), 'c': {1: -3}}
+  value = {'a': [1, 2.5, None, True], b'b': (b'xy', 'z', b''), 'c': {1: -3},
+           'e': '\u20ac', b'\xff\x00': [b'\x80' * 300]}
+  value['self'] = [value]  # cycles are kept
   for protocol in range(0, pickle.HIGHEST_PROTOCOL + 1):
-    if protocol < 3:  # bytes need _codecs.encode below protocol 3
-      value_p = {k: v for k, v in value.items() if k != b'b'}
-    else:
-      value_p = value
-    assert data.safe_loads(pickle.dumps(value_p, protocol)) == value_p
+    # Below protocol 3, bytes are _codecs.encode(str, 'latin1') calls (and
+    # b'' is bytes()), which the unpickler allows in exactly that form.
+    out = data.safe_loads(pickle.dumps(value, protocol))
+    assert out['self'][0] is out
+    assert {k: v for k, v in out.items() if k != 'self'} == {
+        k: v for k, v in value.items() if k != 'self'}
 
 
 @pytest.mark.parametrize('kwargs, message', [

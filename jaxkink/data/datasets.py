@@ -50,6 +50,9 @@ class Dataset:
           f'{self.images.dtype} {self.images.shape} (want uint8 (N, '
           f'{", ".join(map(str, shape))})), labels {self.labels.dtype} '
           f'{self.labels.shape} (want int32 (N,))')
+    if not len(self.labels):
+      raise DataError(f'{self.name} {self.split}: empty dataset: 0 examples '
+                      f'(from {self.source})')
     for field in ('images', 'labels'):
       view = getattr(self, field).view()  # the caller's array keeps its flags
       view.flags.writeable = False

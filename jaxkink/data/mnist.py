@@ -55,8 +55,8 @@ def read_mnist(data_dir: str, split: str, name: str = 'mnist'
 
   Raises:
     DataError: for a missing file (naming every place searched), a malformed
-      IDX file, a wrong shape, a label-count mismatch or a label outside
-      0..9.
+      IDX file, a wrong shape, no images or no labels, a label-count
+      mismatch or a label outside 0..9.
   """
   title = f'{_TITLES[name]} {split}'
   image_stem, label_stem = STEMS[split]
@@ -73,6 +73,12 @@ def read_mnist(data_dir: str, split: str, name: str = 'mnist'
   if labels.dtype != np.uint8 or labels.ndim != 1:
     raise DataError(f'{label_path}: expected uint8 labels of shape (N,), '
                     f'found {labels.dtype} {labels.shape}')
+  if not len(images):
+    raise DataError(f'{image_path}: no images: the header says {images.dtype} '
+                    f'{images.shape}')
+  if not len(labels):
+    raise DataError(f'{label_path}: no labels: the header says {labels.dtype} '
+                    f'{labels.shape}')
   if len(images) != len(labels):
     raise DataError(f'{title}: {len(images)} images ({image_path}) but '
                     f'{len(labels)} labels ({label_path})')

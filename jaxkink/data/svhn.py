@@ -33,8 +33,8 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
 
   Raises:
     DataError: for an unreadable, truncated or non-v5 MAT file, a missing
-      variable, a wrong shape or dtype, a label-count mismatch or a label
-      outside 1..10.
+      variable, a wrong shape or dtype, no images, a label-count mismatch or
+      a label outside 1..10.
   """
   path = os.fspath(path)
   import scipy.io  # pylint: disable=g-import-not-at-top  (slow import)
@@ -59,6 +59,8 @@ def read_svhn_mat(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     raise DataError(f'{path}: X must be uint8 of shape (32, 32, 3, N), found '
                     f'{x.dtype} {x.shape}')
   n = x.shape[3]
+  if not n:
+    raise DataError(f'{path}: no images: X has shape {x.shape}')
   if y.size != n or (y.ndim == 2 and 1 not in y.shape) or y.ndim > 2:
     raise DataError(f'{path}: {n} images (X) but y has shape {y.shape}')
   y = y.reshape(-1)
