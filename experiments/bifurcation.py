@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
@@ -87,28 +88,49 @@ def named_arrays(params) -> dict[str, np.ndarray]:
           for path, a in flat}
 
 
-def _save_checkpoint(path: str, step: int, params, records) -> None:
-  leaves = jax.tree.leaves(params)
-  arrays = {f'param_{i}': np.asarray(a) for i, a in enumerate(leaves)}
+def _checkpoint_arrays(step: int, params, records) -> dict[str, Any]:
+  arrays = {f'param_{i}': np.asarray(a)
+            for i, a in enumerate(jax.tree.leaves(params))}
   arrays.update({f'record_{k}': v for k, v in records.items()})
-  rundir.write_npz(path, step=step, **arrays)
+  return {'step': np.int64(step), **arrays}
 
 
-def _load_checkpoint(path: str, params):
-  with np.load(path) as z:
-    leaves, treedef = jax.tree.flatten(params)
-    restored = [jnp.asarray(z[f'param_{i}']) for i in range(len(leaves))]
-    records = {k[len('record_'):]: z[k] for k in z.files
-               if k.startswith('record_')}
-    return int(z['step']), jax.tree.unflatten(treedef, restored), records
+def _restore(arrays: dict[str, np.ndarray], params):
+  """``(step, params, records)`` from a checkpoint's arrays (raises
+  ValueError if they do not fit ``params``' tree)."""
+  leaves, treedef = jax.tree.flatten(params)
+  try:
+    restored = [arrays[f'param_{i}'] for i in range(len(leaves))]
+    step = int(arrays['step'])
+  except KeyError as e:
+    raise ValueError(f'lacks {e}') from None
+  bad = [i for i, (a, b) in enumerate(zip(leaves, restored))
+         if a.shape != b.shape or a.dtype != b.dtype]
+  records = {k[len('record_'):]: v for k, v in arrays.items()
+             if k.startswith('record_')}
+  if bad or any(len(v) != step for v in records.values()):
+    raise ValueError("shapes differ from the run's parameters or steps")
+  return step, jax.tree.unflatten(treedef, [jnp.asarray(a) for a in restored]
+                                  ), records
 
 
-def run_seed(seed: int, out: str, *, images, labels, model, policy,
+def _fits(params):
+  def check(arrays):
+    try:
+      _restore(arrays, params)
+    except ValueError as e:
+      return str(e)
+    return None
+  return check
+
+
+def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
              activation: str, kink_values: Sequence[float], steps: int,
              batch_size: int, lr: float | None, shuffle: bool,
              checkpoint_every: int) -> dict[str, Any]:
-  """Trains the three copies for one seed; returns the seed's summary."""
-  os.makedirs(out, exist_ok=True)
+  """Trains the three copies for one seed into ``run``; returns the seed's
+  summary. Resumes from the newest good checkpoint (the newest two are
+  kept; a damaged one is moved aside with a warning)."""
   lr = learning_rate(seed) if lr is None else lr
   order = minibatch_order(len(labels), batch_size, steps, seed, shuffle)
   params = lockstep.replicate(init_params(model, seed, images.shape[1],
@@ -118,10 +140,10 @@ def run_seed(seed: int, out: str, *, images, labels, model, policy,
                                                      policy.compute_dtype))
   step_fn = lockstep.make_step(model, policy, activation=activation)
 
-  ckpt = os.path.join(out, 'checkpoint.npz')
   start, records = 0, {}
-  if os.path.exists(ckpt):
-    start, params, records = _load_checkpoint(ckpt, params)
+  found = run.latest_checkpoint(_fits(params))
+  if found is not None:
+    start, params, records = _restore(found[1], params)
     print(f'  seed {seed}: resuming at step {start}', flush=True)
   chunks = {k: [v] for k, v in records.items()}
   parting = _parting(records)
@@ -136,25 +158,23 @@ def run_seed(seed: int, out: str, *, images, labels, model, policy,
       chunks.setdefault(key, []).append(v[None])
     if parting is None and rec['l1_to_first'][1] > 0:
       parting = k
-      np.savez(os.path.join(out, 'parting_params.npz'), step=k,
-               batch=batch, **named_arrays(jax.tree.map(lambda a: a[0],
-                                                        before)))
+      run.save_npz('parting_params.npz', k, step=k, batch=batch,
+                   **named_arrays(jax.tree.map(lambda a: a[0], before)))
     done = k + 1
     if done % checkpoint_every == 0 or done == steps:
       records = {key: np.concatenate(v) for key, v in chunks.items()}
       chunks = {key: [v] for key, v in records.items()}
-      _save_checkpoint(ckpt, done, params, records)
+      run.save_checkpoint(done, **_checkpoint_arrays(done, params, records))
       rate = (done - start) / (time.time() - t0)
       print(f'  seed {seed}: step {done}/{steps}, {rate:.1f} steps/s, ETA '
             f'{(steps - done) / rate:.0f} s, |theta_s0 - theta_s1|_1 = '
             f'{records["l1_to_first"][-1, 1]:.3g}, control '
             f'{records["l1_to_first"][-1, 2]:.3g}', flush=True)
   records = {key: np.concatenate(v) for key, v in chunks.items()}
-  np.savez(os.path.join(out, 'records.npz'), **records)
+  run.save_npz('records.npz', steps, **records)
   summary = _summarise(records, seed=seed, lr=lr, order=order)
-  rundir.write_json(os.path.join(out, 'summary.json'), summary)
-  plot_seed(os.path.join(out, 'bifurcation.png'), records, summary,
-            activation)
+  run.write_json('summary.json', summary)
+  plot_seed(run.file('bifurcation.png'), records, summary, activation)
   return summary
 
 
@@ -281,25 +301,42 @@ def define_flags() -> None:
                       '$JAXKINK_DATA_DIR, else the bundled sample).')
   flags.DEFINE_integer('checkpoint_every', 250,
                        'Steps between checkpoints (resume points).')
+  cli.check_policies('precision')
+  cli.check('widths', lambda v: cli.positive_ints(v, '--widths'),
+            'integers >= 1')
+  cli.check('kink_values',
+            lambda v: cli.finite_floats(v, '--kink_values', count=2),
+            'two finite numbers s0,s1')
+  cli.check_positive(('steps', 'batch_size', 'checkpoint_every'))
+  cli.check('seeds', _seed_list, 'integers >= 0')
+  cli.check('lr', lambda v: cli.finite_float(v, '--lr') > 0,
+            '--lr must be a finite number > 0')
 
 
+def _seed_list(values) -> list[int]:
+  try:
+    seeds = [int(v) for v in values]
+  except ValueError:
+    raise ValueError(f'--seeds: {values} are not integers') from None
+  if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+    raise ValueError(f'--seeds must be distinct integers >= 0, got {values}')
+  return seeds
+
+
+@cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  try:
-    policy, = jaxkink.policies_for_program([FLAGS.precision])
-    widths = tuple(int(w) for w in (FLAGS.widths or
-                                    DEFAULT_WIDTHS[FLAGS.activation]))
-    kink_values = [float(v) for v in FLAGS.kink_values]
-    seeds = [int(s) for s in FLAGS.seeds]
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  if len(kink_values) != 2:
-    raise app.UsageError('--kink_values takes exactly two values, s0,s1')
-  if FLAGS.steps < 1 or FLAGS.batch_size < 1:
-    raise app.UsageError('--steps and --batch_size must be positive')
+  policy, = jaxkink.policies_for_program([FLAGS.precision])
+  widths = tuple(int(w) for w in (FLAGS.widths or
+                                  DEFAULT_WIDTHS[FLAGS.activation]))
+  kink_values = [float(v) for v in FLAGS.kink_values]
+  seeds = _seed_list(FLAGS.seeds)
 
   ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir)
+  if FLAGS.batch_size > len(ds):
+    raise app.UsageError(f'--batch_size={FLAGS.batch_size} exceeds the '
+                         f'{len(ds)} training examples')
   print(f'MNIST train: {len(ds)} examples from {ds.source}')
   print(f'precision policy: {policy}')
   images = data.preprocess(jnp.asarray(ds.images), 'mnist', normalize=False,
@@ -311,38 +348,50 @@ def main(argv: Sequence[str]) -> None:
                      precision=policy.jax_precision)
 
   out = FLAGS.out
-  os.makedirs(out, exist_ok=True)
+  described = ds.describe()
+  source = described.pop('source')  # where, not what: not compared
   flag_values = {'precision': policy.name, 'activation': FLAGS.activation,
                  'widths': widths, 'kink_values': kink_values,
                  'steps': FLAGS.steps, 'batch_size': FLAGS.batch_size,
-                 'seeds': seeds, 'lr': FLAGS.lr, 'shuffle': FLAGS.shuffle,
-                 'data': ds.describe()}
-  rundir.write_json(os.path.join(out, 'flags.json'), flag_values)
-  rundir.write_json(os.path.join(out, 'environment.json'),
-                    rundir.environment())
-  rundir.write_json(os.path.join(out, 'policy.json'), policy.to_dict())
+                 'seeds': seeds, 'lr': FLAGS.lr, 'shuffle': FLAGS.shuffle}
+  common = {**{k: v for k, v in flag_values.items() if k != 'seeds'},
+            'data': {**described, 'sha256': rundir.array_digest(
+                ds.images, ds.labels)},
+            'policy': policy.to_dict(), 'model': repr(model)}
+  top = {**common, 'seeds': seeds}
+  seed_dirs = {seed: (os.path.join(out, f'seed_{seed}'),
+                      {**common, 'seed': seed}) for seed in seeds}
+  # Every directory is checked before any is written.
+  rundir.RunDir.check(out, top)
+  for path, settings in seed_dirs.values():
+    rundir.RunDir.check(path, settings)
   summaries = []
-  with policy.scope():
+  with rundir.RunDir.open(out, top) as run, policy.scope():
+    run.write_json('flags.json', {**flag_values,
+                                  'data': {**described, 'source': source}})
+    run.write_json('environment.json', rundir.environment())
+    run.write_json('policy.json', policy.to_dict())
     for seed in seeds:
-      summaries.append(run_seed(
-          seed, os.path.join(out, f'seed_{seed}'), images=images,
-          labels=labels, model=model, policy=policy,
-          activation=FLAGS.activation, kink_values=kink_values,
-          steps=FLAGS.steps, batch_size=FLAGS.batch_size, lr=FLAGS.lr,
-          shuffle=FLAGS.shuffle, checkpoint_every=FLAGS.checkpoint_every))
+      with rundir.RunDir.open(*seed_dirs[seed]) as seed_run:
+        summaries.append(run_seed(
+            seed, seed_run, images=images, labels=labels, model=model,
+            policy=policy, activation=FLAGS.activation,
+            kink_values=kink_values, steps=FLAGS.steps,
+            batch_size=FLAGS.batch_size, lr=FLAGS.lr, shuffle=FLAGS.shuffle,
+            checkpoint_every=FLAGS.checkpoint_every))
       s = summaries[-1]
       where = s.get('parting', {})
       print(f'seed {seed}: parting iteration {s["parting_iteration"]}'
-            f' (layer {where.get("layer")}, sample {where.get("sample_in_batch")}'
-            f', neuron {where.get("neuron")}); control max L1 '
-            f'{s["control_max_l1"]:g}', flush=True)
-  parts = [s['parting_iteration'] for s in summaries]
-  rundir.write_json(os.path.join(out, 'summary.json'), {
-      'parting_iterations': parts,
-      'parted': sum(p is not None for p in parts), 'seeds': len(parts),
-      'control_max_l1': max(s['control_max_l1'] for s in summaries),
-      'per_seed': summaries})
-  plot_partings(os.path.join(out, 'parting.png'), summaries, FLAGS.steps)
+            f' (layer {where.get("layer")}, sample '
+            f'{where.get("sample_in_batch")}, neuron {where.get("neuron")});'
+            f' control max L1 {s["control_max_l1"]:g}', flush=True)
+    parts = [s['parting_iteration'] for s in summaries]
+    run.write_json('summary.json', {
+        'parting_iterations': parts,
+        'parted': sum(p is not None for p in parts), 'seeds': len(parts),
+        'control_max_l1': max(s['control_max_l1'] for s in summaries),
+        'per_seed': summaries})
+    plot_partings(run.file('parting.png'), summaries, FLAGS.steps)
   print(json.dumps({'parting_iterations': parts}))
 
 

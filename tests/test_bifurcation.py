@@ -102,18 +102,26 @@ def _run(out, steps, **kw):
   images = data.preprocess(jnp.asarray(ds.images[:256]), 'mnist',
                            normalize=False, flatten=True)
   model = models.MLP(widths=(16, 10))
-  return bifurcation.run_seed(
-      0, str(out), images=images, labels=jnp.asarray(ds.labels[:256]),
-      model=model, policy=jaxkink.get_policy('float32'), activation='relu',
-      kink_values=(0.0, 1.0), steps=steps, batch_size=32, lr=None,
-      shuffle=True, checkpoint_every=4, **kw)
+  # One run directory's settings for every call: a call with fewer steps
+  # stands for a run interrupted after that step.
+  with jaxkink.rundir.RunDir.open(out, {'run': 'bifurcation test'}) as run:
+    return bifurcation.run_seed(
+        0, run, images=images, labels=jnp.asarray(ds.labels[:256]),
+        model=model, policy=jaxkink.get_policy('float32'), activation='relu',
+        kink_values=(0.0, 1.0), steps=steps, batch_size=32, lr=None,
+        shuffle=True, checkpoint_every=4, **kw)
 
 
 def test_interrupted_run_resumes_to_the_same_records(tmp_path):
   whole = _run(tmp_path / 'whole', 12)
   _run(tmp_path / 'cut', 8)  # stops after step 8 (a checkpoint)
+  # The newest checkpoint (step 8) damaged: the run resumes from step 4.
+  ckpts = tmp_path / 'cut' / 'checkpoints'
+  assert sorted(os.listdir(ckpts)) == ['000000004.npz', '000000008.npz']
+  (ckpts / '000000008.npz').write_bytes(b'garbage')
   resumed = _run(tmp_path / 'cut', 12)
   assert resumed == whole
+  assert len(os.listdir(tmp_path / 'cut' / 'corrupt')) == 1
   for name in ('loss', 'l1_to_first', 'min_distance', 'hits'):
     a = np.load(tmp_path / 'whole' / 'records.npz')[name]
     b = np.load(tmp_path / 'cut' / 'records.npz')[name]
