@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxkink
+from jaxkink import cli
 from jaxkink import data
 from jaxkink import rundir
 
@@ -46,6 +47,18 @@ _RADIUS = flags.DEFINE_float('radius', 2e-7, 'Half-width of the grid, in '
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random plane.')
 _OUT = flags.DEFINE_string('out', None, 'Output directory (default '
                            '<run>/zero_map).')
+
+
+def define_checks() -> None:
+  """Parse-time flag checks (only when run as a script)."""
+  flags.mark_flag_as_required('run')
+  cli.check('run', os.path.isdir, '--run must be a bifurcation.py seed '
+            'directory')
+  cli.check_policies('precisions')
+  cli.check('grid', lambda v: v >= 3, '--grid must be >= 3')
+  cli.check('radius', lambda v: cli.finite_float(v, '--radius') > 0,
+            '--radius must be a finite number > 0')
+  cli.check('seed', lambda v: v >= 0, '--seed must be >= 0')
 
 
 def random_plane(key: jax.Array, dim: int) -> np.ndarray:
@@ -85,26 +98,28 @@ def neuron_map(w: np.ndarray, b: float, x: np.ndarray, plane: np.ndarray,
   return jax.jit(jax.vmap(one))(jnp.asarray(coords, dtype))
 
 
+@cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _RUN.value:
-    raise app.UsageError('--run is required (a bifurcation.py seed directory)')
-  try:
-    policies = jaxkink.policies_for_program(_PRECISIONS.value)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  path = os.path.join(_RUN.value, 'parting_params.npz')
+  policies = jaxkink.policies_for_program(_PRECISIONS.value)
+  source = rundir.RunDir.read(_RUN.value)
+  path = source.file('parting_params.npz')
   if not os.path.exists(path):
     raise app.UsageError(f'{path} not found: that run never parted (or is not '
                          'a bifurcation.py seed directory)')
-  with open(os.path.join(_RUN.value, 'summary.json')) as f:
+  with open(source.file('summary.json')) as f:
     summary = json.load(f)
   parting = summary.get('parting') or {}
-  with np.load(path) as z:
-    kernel, bias = z['Dense_0/kernel'], z['Dense_0/bias']
-    batch = z['batch']
+  z = source.load_npz('parting_params.npz', int(summary['parting_iteration'])
+                      - 1)
+  kernel, bias, batch = z['Dense_0/kernel'], z['Dense_0/bias'], z['batch']
   ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  if source.settings['data']['sha256'] != rundir.array_digest(ds.images,
+                                                              ds.labels):
+    raise cli.UsageValueError(
+        f'the MNIST files found ({ds.source}) are not the data {_RUN.value} '
+        'was trained on; pass the same --data_dir')
   x = np.asarray(data.preprocess(jnp.asarray(ds.images[batch]), 'mnist',
                                  normalize=False, flatten=True))
   if parting.get('layer') == 0:
@@ -116,26 +131,31 @@ def main(argv: Sequence[str]) -> None:
   axis = np.linspace(-_RADIUS.value, _RADIUS.value, _GRID.value)
   coords = np.stack(np.meshgrid(axis, axis, indexing='xy'), -1).reshape(-1, 2)
 
-  out = _OUT.value or os.path.join(_RUN.value, 'zero_map')
-  os.makedirs(out, exist_ok=True)
-  maps, stats = {}, {}
-  for policy in policies:
-    with policy.scope():
-      values = np.asarray(neuron_map(w, b, x, plane, coords,
-                                     policy.compute_dtype), np.float64)
-    maps[policy.name] = values.reshape(_GRID.value, _GRID.value)
-    stats[policy.name] = {'zero_fraction': float(np.mean(values == 0)),
-                          'center_value': float(maps[policy.name][
-                              _GRID.value // 2, _GRID.value // 2])}
-    print(f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of the '
-          f'grid, value at the centre {stats[policy.name]["center_value"]:g}')
-  np.savez(os.path.join(out, 'zero_map.npz'), axis=axis, **maps)
-  rundir.write_json(os.path.join(out, 'summary.json'), {
-      'run': _RUN.value, 'neuron': neuron, 'parting': parting,
-      'radius': _RADIUS.value, 'grid': _GRID.value, 'seed': _SEED.value,
-      'maps': stats})
-  plot(os.path.join(out, 'zero_map.png'), axis, maps, neuron,
-       summary.get('parting_iteration'))
+  settings = {'source_run': source.digest, 'neuron': neuron,
+              'precisions': [p.to_dict() for p in policies],
+              'radius': _RADIUS.value, 'grid': _GRID.value,
+              'seed': _SEED.value}
+  with rundir.RunDir.open(_OUT.value or source.file('zero_map'),
+                          settings) as out_dir:
+    out = out_dir.path
+    maps, stats = {}, {}
+    for policy in policies:
+      with policy.scope():
+        values = np.asarray(neuron_map(w, b, x, plane, coords,
+                                       policy.compute_dtype), np.float64)
+      maps[policy.name] = values.reshape(_GRID.value, _GRID.value)
+      stats[policy.name] = {'zero_fraction': float(np.mean(values == 0)),
+                            'center_value': float(maps[policy.name][
+                                _GRID.value // 2, _GRID.value // 2])}
+      print(f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of the '
+            f'grid, value at the centre {stats[policy.name]["center_value"]:g}')
+    out_dir.save_npz('zero_map.npz', 0, axis=axis, **maps)
+    out_dir.write_json('summary.json', {
+        'run': _RUN.value, 'neuron': neuron, 'parting': parting,
+        'radius': _RADIUS.value, 'grid': _GRID.value, 'seed': _SEED.value,
+        'maps': stats})
+    plot(os.path.join(out, 'zero_map.png'), axis, maps, neuron,
+         summary.get('parting_iteration'))
   print(f'wrote {out}/zero_map.png')
 
 
@@ -163,4 +183,5 @@ def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
 
 
 if __name__ == '__main__':
+  define_checks()
   app.run(main)

@@ -226,10 +226,26 @@ class RunDir:
   """
 
   def __init__(self, path: str, settings: Any, lock_fd: int | None,
-               warn: Callable[[str], Any]):
+               warn: Callable[[str], Any], read_only: bool = False):
     self.path, self.settings = path, settings
     self.digest = settings_digest(settings)
-    self._lock_fd, self._warn = lock_fd, warn
+    self._lock_fd, self._warn, self.read_only = lock_fd, warn, read_only
+
+  @classmethod
+  def read(cls, path: str | os.PathLike) -> RunDir:
+    """An existing run directory, for reading its records (e.g. another
+    script's input): no lock, nothing written; a record that fails its
+    checks raises :class:`RefusedError` instead of being moved aside.
+
+    Raises:
+      RefusedError: ``path`` has no readable manifest.
+    """
+    path = os.fspath(path)
+    manifest = _read_manifest(path)
+    if manifest is None:
+      raise RefusedError(f'{path} is not a run directory (no {MANIFEST})')
+    return cls(path, manifest['settings'], None, _log_warning,
+               read_only=True)
 
   @classmethod
   def open(cls, path: str | os.PathLike, settings: Any, *,
@@ -356,6 +372,8 @@ class RunDir:
       if problem is None and check is not None:
         problem = check(arrays)
     if problem is not None:
+      if self.read_only:
+        raise RefusedError(f'{path}: {problem}')
       self.quarantine(name, problem)
       return None
     return arrays
