@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -20,6 +21,64 @@ def assert_bits_equal(a, b) -> None:
   assert diff.size == 0, (
       f'{diff.size} of {a.size} elements differ in their bits, first at flat '
       f'index {diff[:5]}: {a.ravel()[diff[:5]]} vs {b.ravel()[diff[:5]]}')
+
+
+# Bit-equality is guaranteed only for one compiled program (or one op on the
+# same shapes, or exact arithmetic). Two programs of different shapes or
+# structure (vmapped vs unbatched, model A vs model B, other batch sizes) may
+# get other GEMM / convolution / reduction kernels from XLA's CPU backend,
+# which picks them by CPU and by shape: compare those in ulps instead.
+
+def ulp(x, dtype) -> np.ndarray:
+  """The spacing of ``dtype``'s floats at ``|x|`` (float64 array).
+
+  For ``|x|`` in ``[2^e, 2^(e+1))`` this is ``2^(e - nmant)``; below the
+  smallest normal it is the smallest subnormal.
+  """
+  info = jnp.finfo(dtype)
+  x = np.abs(np.asarray(x, np.float64))
+  e = np.floor(np.log2(np.maximum(x, float(info.tiny))))
+  return np.exp2(np.maximum(e, info.minexp) - info.nmant)
+
+
+def ulp_distance(a, b, scale=None) -> np.ndarray:
+  """``|a - b|`` per element in ulps of ``a``'s dtype, counted at
+  ``max(|a|, |b|, scale)``.
+
+  ``scale='max'`` counts every element in ulps of the largest magnitude of
+  ``b``: the natural unit for sums whose order changed, whose error is a
+  few ulps of the summed terms, not of a small result left by
+  cancellation. Elements that are both NaN, or the same infinity, are at
+  distance 0; a NaN or infinity against anything else at ``inf``.
+  """
+  a, b = np.asarray(a), np.asarray(b)
+  assert a.dtype == b.dtype, (a.dtype, b.dtype)
+  assert a.shape == b.shape, (a.shape, b.shape)
+  a64, b64 = a.astype(np.float64), b.astype(np.float64)
+  finite = np.isfinite(a64) & np.isfinite(b64)
+  if scale == 'max':
+    scale = float(np.max(np.abs(b64[finite]), initial=0.0))
+  ref = np.maximum(np.abs(a64), np.abs(b64))
+  if scale is not None:
+    ref = np.maximum(ref, scale)
+  with np.errstate(invalid='ignore'):
+    dist = np.where(finite, np.abs(a64 - b64) / ulp(np.where(finite, ref, 1),
+                                                    a.dtype), np.inf)
+  same = (np.isnan(a64) & np.isnan(b64)) | (~finite & (a64 == b64))
+  return np.where(same, 0.0, dist)
+
+
+def assert_close_ulps(a, b, ulps, scale=None) -> None:
+  """Every element of ``a`` within ``ulps`` ulps of ``b`` (same dtype and
+  shape; see :func:`ulp_distance` for ``scale``). Justify ``ulps`` where it
+  is used."""
+  dist = ulp_distance(a, b, scale)
+  bad = np.flatnonzero(dist > ulps)
+  a, b = np.asarray(a), np.asarray(b)
+  assert bad.size == 0, (
+      f'{bad.size} of {a.size} elements more than {ulps} ulps apart '
+      f'(scale={scale}; worst {dist.max():.3g} ulps), first at flat index '
+      f'{bad[:5]}: {a.ravel()[bad[:5]]} vs {b.ravel()[bad[:5]]}')
 
 
 @pytest.fixture
