@@ -412,7 +412,10 @@ def prepare(s: dict[str, Any], legacy: bool, train, test,
                   seeds_list=list(grid.seeds), labels=list(grid.labels),
                   shared_batch=FLAGS.shared_batch, batching=FLAGS.batching,
                   blended_pool_forward=FLAGS.blended_pool_forward,
-                  eval_batch_size=FLAGS.eval_batch_size)
+                  eval_batch_size=FLAGS.eval_batch_size,
+                  train_examples=FLAGS.train_examples,
+                  test_examples=FLAGS.test_examples,
+                  first_seed=FLAGS.first_seed)
   settings = {'flags': recorded, **training.sweep_settings(
       model, policy, grid, config, train, test)}
   return Sweep(model, policy, grid, config, settings, recorded)

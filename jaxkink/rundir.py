@@ -65,6 +65,7 @@ def _umask() -> int:
   return mask
 
 
+_TMP_PREFIX = '.tmp-'
 # The mode ``open()`` would give a new file (0644 under umask 022), so that a
 # group can read a shared run; ``mkstemp`` alone would give 0600.
 _FILE_MODE = 0o666 & ~_umask()
@@ -95,7 +96,7 @@ def _write_atomically(path: str | os.PathLike, mode: str,
   path = os.fspath(path)
   directory = os.path.dirname(path) or '.'
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=_TMP_PREFIX)
   try:
     with os.fdopen(fd, mode) as f:
       write(f)
@@ -293,6 +294,7 @@ class RunDir:
     try:
       manifest = _read_manifest(path)  # again, under the lock
       env = environment()
+      _remove_stale_temporaries(path)
       if manifest is None:
         write_json(os.path.join(path, MANIFEST), {
             'format': 1, 'digest': settings_digest(settings),
@@ -465,6 +467,18 @@ def _note_environment(path: str, manifest: dict[str, Any],
     history.append({'event': 'resumed', 'environment': env,
                     'changes': diff})
     write_json(os.path.join(path, MANIFEST), manifest)
+
+
+def _remove_stale_temporaries(path: str) -> None:
+  """Deletes the temporary files of atomic writes that a killed writer left
+  in ``path`` and its record folders (called under the lock, so no writer
+  is alive; sub-directories with a manifest of their own are left alone)."""
+  for d, subdirs, files in os.walk(path):
+    subdirs[:] = [s for s in subdirs
+                  if not os.path.exists(os.path.join(d, s, MANIFEST))]
+    for f in files:
+      if f.startswith(_TMP_PREFIX):
+        os.unlink(os.path.join(d, f))
 
 
 def _lock(path: str) -> int:
