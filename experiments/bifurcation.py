@@ -114,16 +114,6 @@ def _restore(arrays: dict[str, np.ndarray], params):
                                   ), records
 
 
-def _fits(params):
-  def check(arrays):
-    try:
-      _restore(arrays, params)
-    except ValueError as e:
-      return str(e)
-    return None
-  return check
-
-
 def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
              activation: str, kink_values: Sequence[float], steps: int,
              batch_size: int, lr: float | None, shuffle: bool,
@@ -141,9 +131,16 @@ def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
   step_fn = lockstep.make_step(model, policy, activation=activation)
 
   start, records = 0, {}
-  found = run.latest_checkpoint(_fits(params))
-  if found is not None:
-    start, params, records = _restore(found[1], params)
+  restored = []
+
+  def fits(arrays):
+    try:
+      restored.append(_restore(arrays, params))
+    except ValueError as e:
+      return str(e)
+    return None
+  if run.latest_checkpoint(fits) is not None:
+    start, params, records = restored[-1]
     print(f'  seed {seed}: resuming at step {start}', flush=True)
   chunks = {k: [v] for k, v in records.items()}
   parting = _parting(records)

@@ -142,16 +142,18 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
   history: list[dict[str, Any]] = []
   start = 0
   if out is not None:
+    restored = []
+
     def check(arrays):
       try:
-        checkpoint.from_arrays(arrays, state)
+        restored.append(checkpoint.from_arrays(arrays, state))
       except ValueError as e:
         return str(e)
       return None
     found = out.latest_checkpoint(check)
     if found is not None:
-      start, arrays = found
-      state, meta = checkpoint.from_arrays(arrays, state)
+      start = found[0]
+      state, meta = restored[-1]
       state = shard_members(state, grid.members)
       history = meta['history']
       log(f'resuming after epoch {start}')
