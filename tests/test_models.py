@@ -368,6 +368,9 @@ def test_vmap_over_weights_and_kinks(family, rng):
 def test_vmapped_init_gives_independent_samples():
   # The Monte Carlo pattern: one init per key, vmapped; each sample is the
   # one a lone init with its key gives (threefry keys are vmap-invariant).
+  # Bit for bit across the two programs: the draw is integer arithmetic and
+  # one elementwise scale-and-shift per weight, compiled by the same loop
+  # emitter at any shape (no GEMM or reduction kernel to pick).
   model = models.get('mlp', widths=(8,))
   x = jnp.zeros((1, 5))
   keys = jax.random.split(jax.random.key(0), 3)
@@ -562,7 +565,9 @@ def test_small_vgg_default_kinks_match_flax(rng, batch_norm):
 
 def test_hard_swish_matches_jax_bit_for_bit(rng):
   # Both jitted: XLA turns ``/ 6`` into ``* (1 / 6)``, eager code does not,
-  # and ``jax.nn.hard_swish`` is always jitted.
+  # and ``jax.nn.hard_swish`` is always jitted. Elementwise programs on the
+  # same shape: no kernel choice; checked with and without FMA
+  # (--xla_cpu_max_isa=AVX).
   x = jnp.asarray(rng.integers(-4, 5, size=64) / 1.0, jnp.float32)
   for ours, theirs in ((hard_swish, jax.nn.hard_swish),
                        (hard_sigmoid, jax.nn.hard_sigmoid)):

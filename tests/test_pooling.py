@@ -220,6 +220,12 @@ def test_tmlr_appendix_a5_worked_example():
 
 
 def test_vmap_over_beta_one_compile_equals_separate_calls(rng):
+  # Programs of other shapes, compared bit for bit all the same: the
+  # backward is elementwise (selects, one division and one product per
+  # contribution, each correctly rounded) plus the window sums, added in an
+  # order the program fixes, with selects and pads between each product and
+  # the add it feeds (no FMA contraction: the numpy reference above rounds
+  # every operation separately). No kernel is picked by shape.
   x = ties_input(rng)
   config = CONFIGS[1]
   g = jnp.asarray(rng.standard_normal(pool(x, config).shape), jnp.float32)
