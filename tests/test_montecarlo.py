@@ -74,6 +74,8 @@ def test_screened_equals_unscreened(policy, init, zeros, loop):
   # bit-reproducible.
   rtol = 2e-2 if policy == 'float16' else 1e-6
   np.testing.assert_allclose(screened.rel_l2, full.rel_l2, rtol=rtol)
+  np.testing.assert_allclose(screened.rel_l2_first, full.rel_l2_first,
+                             rtol=rtol)
   np.testing.assert_allclose(screened.l1, full.l1, rtol=rtol)
   assert full.computed.all()
   flagged = screened.hits.sum(-1) > 0
@@ -112,6 +114,12 @@ def test_records_match_an_independent_gradient():
     assert records.differs[0, b] == differs
     np.testing.assert_allclose(records.rel_l2[0, b], math.sqrt(num / den),
                                rtol=1e-5)
+    # The first leaf is Dense_0's bias, the first kernel Dense_0's kernel.
+    k0, k1 = g0[1], g1[1]
+    assert k0.shape == params['Dense_0']['kernel'].shape
+    np.testing.assert_allclose(
+        records.rel_l2_first[0, b],
+        float(jnp.linalg.norm(k1 - k0) / jnp.linalg.norm(k0)), rtol=1e-5)
     # Hidden pre-activations exactly 0: the blank inputs, 16 neurons each.
     h1 = xb.reshape(48, -1) @ params['Dense_0']['kernel'] + (
         params['Dense_0']['bias'])
@@ -257,9 +265,11 @@ def test_summarize_hand_case():
   differs = np.array([[0, 1, 1], [0, 0, 0]], bool)
   l1 = np.array([[0, 1e-7, 1e-3], [0, 0, 0]])
   hits = np.array([[[0], [1], [2]], [[0], [0], [3]]], np.int32)
-  rec = mc.PairRecord(differs, differs, l1 * 10, l1, hits,
-                      np.zeros((2, 3, 1)), np.ones((2, 3), bool),
-                      np.ones((2, 3), bool))
+  rec = mc.PairRecord(differs=differs, differs_first=differs,
+                      rel_l2=l1 * 10, rel_l2_first=l1 * 100, l1=l1,
+                      hits=hits, min_distance=np.zeros((2, 3, 1)),
+                      computed=np.ones((2, 3), bool),
+                      finite=np.ones((2, 3), bool))
   s = zones.summarize(rec)
   assert s['theta_in_zone']['count'] == 1 and s['theta_in_zone']['p'] == 0.5
   assert s['impacted_pairs']['p'] == pytest.approx(2 / 6)
@@ -269,6 +279,7 @@ def test_summarize_hand_case():
   assert t['impacted_pairs']['count'] == 1
   assert (t['minor_pairs'], t['major_pairs']) == (1, 1)
   assert t['rel_l2_quartiles'] == [1e-2] * 3
+  assert t['rel_l2_first_quartiles'] == [1e-1] * 3
   rec = rec._replace(hits=np.zeros_like(hits))
   assert zones.summarize(rec)['screen_violations'] == 2
 
@@ -284,6 +295,10 @@ def test_processes_split_the_chunks_and_process_0_gathers(tmp_path,
                      samples=10, chunk=4)
   whole = mc.run(engine, x, y, 48, str(tmp_path / 'whole'))
   out = str(tmp_path / 'shared')
+  # Process 0 creates the run directory (its manifest); the others wait for
+  # it, then write their chunks without taking the lock.
+  jaxkink.rundir.RunDir.open(out, mc.engine_settings(engine, x, y, 48),
+                             primary=True).close()
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   assert mc.run(engine, x, y, 48, out) is None

@@ -34,8 +34,12 @@ def test_table1_preset_writes_tables_and_plot(tmp_path):
   _volume('--preset=table1', '--precision=float32', '--samples=4',
           '--chunk=2', '--train_size=256', '--batch_size=128', f'--out={out}')
   table = open(os.path.join(out, 'summary.md')).read().splitlines()
-  assert [l.split('|')[1].strip() for l in table[4:]] == [
-      'reference_float32', 'clean_float32']
+  results = table[table.index('## Results') + 4:]
+  results = results[:results.index('')]
+  assert [l.split('|')[1].strip() for l in results] == [
+      'reference_float32', 'clean_float32', "paper: ReLU'(0) Table 1, 32 bits"]
+  assert any(l.startswith('- **WARNING: the bundled MNIST sample')
+             for l in table)
   summaries = json.load(open(os.path.join(out, 'summaries.json')))
   ref = summaries['reference_float32']
   assert ref['samples'] == 4 and ref['minibatches'] == 2
@@ -81,7 +85,7 @@ def test_killed_run_restarts_to_the_same_summary(tmp_path):
 @pytest.mark.parametrize('flag,message', [
     ('--kinks=gelu:0,1', 'expected KIND:V0,V1'),
     ('--kinks=relu:nan,1', 'finite numbers'),
-    ('--precision=float99', "unknown 'float99'"),
+    ('--precision=float99', "unknown precision policy 'float99'"),
     ('--model=vgg12', 'unknown model'),
     ('--batch_size=5000', 'batch_size must be in 1..2000'),
 ])
