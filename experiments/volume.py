@@ -255,13 +255,176 @@ def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
   return summary
 
 
+def run_header(cfg: dict[str, Any], prepared: Prepared,
+               summary: dict[str, Any]) -> dict[str, Any]:
+  """What a reader needs to trust one run's numbers, from its true settings
+  (the prepared engine and data, and the records' shape): one row of the
+  summary's settings table."""
+  engine, data = prepared.engine, prepared.settings['data']
+  n, batch = data['num_examples_used'], int(cfg['batch_size'])
+  last = n - (-(-n // batch) - 1) * batch
+  return {
+      'model': cfg['model'],
+      'init': getattr(engine.model, 'init_scheme', None),
+      'kinks': cfg['kinks'],
+      'rule': ('assigns the kink value (legacy_relu_grad)'
+               if engine.pair.legacy_relu_grad else 'kink value x upstream'),
+      'test': ("first layer's kernel" if cfg['first_layer_only']
+               else 'full gradient'),
+      'samples': int(summary['samples']),
+      'minibatches': int(summary['minibatches']),
+      'batch_size': batch, 'last_batch': last,
+      'examples': n, 'dataset_examples': data['num_examples'],
+      'dataset': f'{data["name"]} {data["split"]}',
+      'normalize': bool(cfg['normalize']),
+      'source': prepared.source['source'],
+      'sample': prepared.source['source'].startswith('sample:'),
+      'policy': str(engine.policy), 'theta_loop': engine.theta_loop,
+      'seed': int(cfg['seed']),
+  }
+
+
+def _settings_lines(headers: Sequence[dict[str, Any]],
+                    env: dict[str, Any]) -> list[str]:
+  lines = ['Settings (from each run\'s prepared engine, data and records):',
+           '']
+  for source in dict.fromkeys(h['source'] for h in headers):
+    used = sorted({(h['dataset'], h['examples'], h['dataset_examples'])
+                   for h in headers if h['source'] == source})
+    what = ', '.join(f'{d}: {n} of {total} examples' for d, n, total in used)
+    kind = ('**the bundled sample**' if source.startswith('sample:')
+            else 'full data set')
+    lines.append(f'- data: {what} ({kind}); source `{source}`')
+  if any(h['sample'] for h in headers):
+    lines.append('- **WARNING: the bundled MNIST sample (a few thousand '
+                 'digits) was used, not the full data set: a smoke test, not '
+                 "the paper's experiment. Pass --data_dir (or set "
+                 f'{data_lib.ENV_VAR}) for real numbers.**')
+  versions = env.get('versions', {})
+  lines.append(
+      f'- backend: {env.get("backend")} ({env.get("device_count")} x '
+      f'{env.get("device_kind")}), {env.get("process_count")} process(es); '
+      f'jax {versions.get("jax")}, jaxlib {versions.get("jaxlib")}, '
+      f'jaxkink {versions.get("jaxkink")}; x64 '
+      f'{"on" if env.get("jax_enable_x64") else "off"}')
+  lines += ['', '| run | model (init) | kinks | backward at the kink | '
+            '"differs" on | M | R (batch, last) | inputs | precision policy '
+            '| theta loop | seed |', '|---|---|---|---|---|---|---|---|---|'
+            '---|---|']
+  for h in headers:
+    lines.append(
+        f'| {h["label"]} | {h["model"]} ({h["init"]}) | {h["kinks"]} | '
+        f'{h["rule"]} | {h["test"]} | {h["samples"]} | {h["minibatches"]} '
+        f'({h["batch_size"]}, {h["last_batch"]}) | '
+        f'{"normalised" if h["normalize"] else "[0, 1]"} | {h["policy"]} | '
+        f'{h["theta_loop"]} | {h["seed"]} |')
+  return lines
+
+
+def _paper_cell(value: volume_presets.PaperValue | None, kind: str) -> str:
+  if value is None:
+    return '-'
+  if value.value is None:
+    return f'({value.printed}) as printed'
+  if kind == 'quartiles':
+    return zones.format_quartiles(value.value)
+  if value.margin is None:
+    shown = f'{zones.percent(value.value)}%'
+  else:
+    shown = zones.format_interval(
+        {'p': value.value, 'low': value.value - value.margin,
+         'high': value.value + value.margin})
+  return (shown if shown.startswith(value.printed)
+          else f'{shown} (printed {value.printed})')
+
+
+def _paper_row(paper: volume_presets.Paper) -> str:
+  return (f'| paper: {paper.source} | {paper.samples} | {paper.minibatches} '
+          f'| {_paper_cell(paper.theta_in_zone, "p")} | '
+          f'{_paper_cell(paper.impacted_pairs, "p")} | - | '
+          f'{_paper_cell(paper.rel_l2_first_quartiles, "quartiles")} | - |')
+
+
+def summary_markdown(title: str, runs: Sequence[volume_presets.Run],
+                     headers: Sequence[dict[str, Any]],
+                     summaries: Sequence[dict[str, Any]],
+                     env: dict[str, Any]) -> str:
+  """The preset's ``summary.md``: the settings header (and a warning when
+  the bundled sample was used), our numbers with clipped intervals next to
+  the paper's, as its authors' scripts compute them, and one line per
+  metric."""
+  headers = [{'label': r.label, **h} for r, h in zip(runs, headers)]
+  lines = [f'# {title}', ''] + _settings_lines(headers, env)
+  lines += ['', '## Results', '', zones.TABLE_HEADER]
+  papers = list(dict.fromkeys(r.paper for r in runs if r.paper))
+  for paper in papers + [None]:
+    for r, s in zip(runs, summaries):
+      if r.paper == paper:
+        lines.append(zones.format_summary(r.label, s))
+    if paper is not None:
+      lines.append(_paper_row(paper))
+  lines += ['', 'What each column is:', '']
+  lines += [f'- **{name}**: {text}' for name, text in zones.METRICS]
+  notes = [(p.source, m, getattr(p, m)) for p in papers
+           for m in volume_presets.Paper.METRICS
+           if getattr(p, m) is not None and getattr(p, m).note]
+  if notes:
+    lines += ['', "The paper's values, as its authors' scripts compute "
+              'them:', '']
+    lines += [f'- {source}, {metric}: {v.note}.' for source, metric, v
+              in notes]
+  scripts = sorted({p.script for p in papers if p.script})
+  if scripts:
+    lines += ['', f'## As {", ".join(scripts)} computes them', '',
+              'Our records put through the script\'s own formulas (its '
+              "\"differs\" is on the first layer's weight gradient, for every "
+              'run), next to what the paper prints:', '',
+              zones.MKPLOT_HEADER]
+    for paper in papers:
+      for r, s in zip(runs, summaries):
+        if r.paper == paper:
+          lines.append(zones.format_mkplot(r.label, s))
+      printed = [getattr(paper, m) for m in volume_presets.Paper.METRICS]
+      lines.append(f'| paper: {paper.source} | {paper.samples} | ' + ' | '.join(
+          '-' if v is None else v.printed for v in printed) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_title(name: str, headers: Sequence[dict[str, Any]]) -> str:
+  """The figure's title: models, data, M and kinks of the runs."""
+  def values(key):
+    return ', '.join(str(v) for v in dict.fromkeys(h[key] for h in headers))
+  data = values('dataset')
+  sizes = values('examples')
+  sample = ' (bundled sample)' if any(h['sample'] for h in headers) else ''
+  return (f'{name}: {values("model")}\n{data}, {sizes} examples{sample}; '
+          f'M = {values("samples")}; kinks {values("kinks")}')
+
+
+def _clipped_err(intervals: Sequence[dict[str, float]]) -> np.ndarray:
+  """Matplotlib's asymmetric ``yerr`` (percent) of intervals clipped to
+  [0, 100%]."""
+  return np.array([[100 * (z['p'] - max(0.0, z['low'])) for z in intervals],
+                   [100 * (min(1.0, z['high']) - z['p']) for z in intervals]])
+
+
+def _paper_interval(value: volume_presets.PaperValue) -> dict[str, float]:
+  margin = value.margin or 0.0
+  return {'p': value.value, 'low': value.value - margin,
+          'high': value.value + margin}
+
+
 def plot(preset: volume_presets.Preset | None, runs, summaries,
-         out: str) -> None:
-  """The preset's figure: bars, a sweep, or histograms of D."""
+         out: str, title: str = '') -> None:
+  """The preset's figure: bars, a sweep, or histograms of D.
+
+  Intervals are clipped to [0, 100%]; paper values (``Run.paper``) are drawn
+  as markers beside ours.
+  """
   plt = rundir.pyplot()
   kind = preset.plot if preset else 'bars'
   if kind == 'histogram':
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.5),
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.8),
                              squeeze=False)
     for ax, run in zip(axes[0], runs):
       rec = montecarlo.load_records(os.path.join(out, run.label),
@@ -277,26 +440,42 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
       ax.set_xlabel('log10 D (L1 backprop variation), D > 0')
     axes[0][0].set_ylabel('(theta, minibatch) pairs')
   elif kind == 'sweep':
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     for p in volume_presets.PRECISIONS:
       pts = [(r.x, s['theta_in_zone']) for r, s in zip(runs, summaries)
              if r.flags['precision'] == p]
       if pts:
-        xs = [a for a, _ in pts]
-        ax.errorbar(xs, [100 * z['p'] for _, z in pts],
-                    yerr=[100 * z['margin'] for _, z in pts], marker='o',
+        ax.errorbar([a for a, _ in pts], [100 * z['p'] for _, z in pts],
+                    yerr=_clipped_err([z for _, z in pts]), marker='o',
                     capsize=3, label=p)
     ax.set_xlabel(preset.x)
-    ax.set_ylabel('theta in S (%)')
+    ax.set_ylabel('theta in S (%), 95% Hoeffding')
+    ax.set_ylim(-3, 103)
     ax.legend()
   else:
-    fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(runs)), 3.5))
-    ps = [100 * s['theta_in_zone']['p'] for s in summaries]
-    err = [100 * s['theta_in_zone']['margin'] for s in summaries]
-    ax.bar(range(len(runs)), ps, yerr=err, capsize=3)
-    ax.set_xticks(range(len(runs)), [r.label for r in runs], rotation=45,
-                  ha='right', fontsize=8)
-    ax.set_ylabel('theta in S (%), 95% Hoeffding')
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 4.5))
+    xs = np.arange(len(runs))
+    zs = [s['theta_in_zone'] for s in summaries]
+    ax.bar(xs, [100 * z['p'] for z in zs], width=0.6,
+           yerr=_clipped_err(zs), capsize=3,
+           label='jaxkink (95% Hoeffding)')
+    marked = [(x, r.paper.theta_in_zone) for x, r in zip(xs, runs)
+              if r.paper and r.paper.theta_in_zone
+              and r.paper.theta_in_zone.value is not None]
+    if marked:
+      ax.errorbar([x + 0.38 for x, _ in marked],
+                  [100 * v.value for _, v in marked],
+                  yerr=_clipped_err([_paper_interval(v) for _, v in marked]),
+                  fmt='D', color='tab:red', capsize=3,
+                  label="paper (printed HCI)")
+    ax.set_xticks(xs, [r.label for r in runs], rotation=45, ha='right',
+                  fontsize=8)
+    ax.set_xlabel('run')
+    ax.set_ylabel('theta in S (%), 95% interval')
+    ax.set_ylim(-2, 118)
+    ax.legend(fontsize=8, loc='upper center', ncol=2)
+  if title:
+    fig.suptitle(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(os.path.join(out, 'volume.png'), dpi=120)
   plt.close(fig)
@@ -315,7 +494,7 @@ def _runs_from_flags() -> tuple[volume_presets.Preset | None, list]:
       continue
     merged = {**current, **run.flags,
               **{k: current[k] for k in given if k != 'precision'}}
-    runs.append(volume_presets.Run(run.label, merged, run.x))
+    runs.append(volume_presets.Run(run.label, merged, run.x, run.paper))
   if not runs:
     raise app.UsageError(f'--precision={",".join(FLAGS.precision)} leaves no '
                          f'run of preset {FLAGS.preset}')
@@ -354,15 +533,18 @@ def main(argv: Sequence[str]) -> None:
       return
     title = (volume_presets.PRESETS[FLAGS.preset].description
              if FLAGS.preset else 'volume')
-    table = [f'# {title}', '', zones.TABLE_HEADER]
-    table += [zones.format_summary(r.label, s)
-              for r, s in zip(runs, summaries)]
-    out.write_text('summary.md', '\n'.join(table) + '\n')
+    headers = [run_header(r.flags, p, s)
+               for r, p, s in zip(runs, prepared, summaries)]
+    text = summary_markdown(title, runs, headers, summaries,
+                            rundir.environment())
+    out.write_text('summary.md', text)
     out.write_text('summaries.json', json.dumps(
         {r.label: s for r, s in zip(runs, summaries)}, indent=2,
         default=str) + '\n')
-    plot(preset, runs, summaries, FLAGS.out)
-  print('\n'.join(table))
+    plot(preset, runs, summaries, FLAGS.out,
+         plot_title(FLAGS.preset or 'volume',
+                    [{'label': r.label, **h} for r, h in zip(runs, headers)]))
+  print(text, end='')
   print(f'\nwritten to {FLAGS.out}/ (summary.md, volume.png, one directory '
         'per run)')
 

@@ -20,12 +20,56 @@ PRECISIONS = ('float16', 'float32', 'float64')
 
 
 @dataclasses.dataclass(frozen=True)
+class PaperValue:
+  """A number a paper prints, read as its authors' script computes it.
+
+  Attributes:
+    printed: the value as the paper prints it, e.g. ``'0.0002%'``.
+    value: what it is in the units of our summary (a proportion in [0, 1],
+      or a ``(Q1, median, Q3)`` triple), after ``note``'s reading; None
+      when no reading is settled.
+    margin: the paper's interval half-width, in the units of ``value``.
+    note: one line, when the printed value needs a reading: how the
+      authors' script computes it.
+  """
+  printed: str
+  value: Any = None
+  margin: float | None = None
+  note: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Paper:
+  """One column of a paper's table: what a run is compared with.
+
+  The metric fields are named as the keys of
+  :func:`jaxkink.zones.summarize`'s result; None: not printed.
+
+  Attributes:
+    source: e.g. ``"ReLU'(0) Table 1, 16 bits"``.
+    samples: M of the authors' run (their notebook, not the caption).
+    minibatches: R of the authors' run.
+    script: the authors' script that computes the printed numbers.
+  """
+  source: str
+  samples: int
+  minibatches: int
+  theta_in_zone: PaperValue | None = None
+  impacted_pairs: PaperValue | None = None
+  rel_l2_first_quartiles: PaperValue | None = None
+  script: str = ''
+
+  METRICS = ('theta_in_zone', 'impacted_pairs', 'rel_l2_first_quartiles')
+
+
+@dataclasses.dataclass(frozen=True)
 class Run:
-  """One run: ``label`` (its sub-directory), the flags it sets, and for
-  sweeps its value on the x axis."""
+  """One run: ``label`` (its sub-directory), the flags it sets, for sweeps
+  its value on the x axis, and the paper column it is compared with."""
   label: str
   flags: dict[str, Any]
   x: Any = None
+  paper: Paper | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,13 +96,64 @@ def _mlp(widths) -> dict[str, Any]:
   return dict(model='mlp', model_opt=(f'widths={",".join(map(str, widths))}',))
 
 
+# deel-ai/relu-prime, notebooks/MNIST_volume_estimation.ipynb, the cell that
+# writes norm_diff_estimation_MNIST.csv (cell 6): ``nb_experiments = 1000``,
+# then ``if precision == 64: nb_experiments = 10``.
+REFERENCE_SAMPLES = {'float16': 1000, 'float32': 1000, 'float64': 10}
+
+# That cell, point for point (BUILD_NOTES.md, issue 13): the MLP builder
+# with no activation after the first Linear; relu.py's ReLUAlpha, whose
+# backward assigns the kink value at an exact zero; ToTensor() only;
+# DataLoader(batch_size=256): file order, the last partial batch of 96 kept;
+# torch.equal and the norms on net[0].weight.grad only.
+REFERENCE = dict(model='mlp_reference', model_opt=(),
+                 legacy_relu_grad=True, first_layer_only=True,
+                 dataset='mnist', train_size=None, normalize=False,
+                 batch_size=256, kinks='relu:0,1')
+
+_MKPLOT = 'deel-ai/relu-prime paper_results/section_3/mkPlot.R'
+_LINE2 = ('mkPlot.R prints 100 x (impacted pairs) / (M R), divided by M = '
+          '1000 a second time: the printed {} is {} of the pairs')
+_LINE3 = ('mkPlot.R prints summary(diff_L2 / net1_L2) over the pairs with '
+          'same == "False": a plain ratio, of the first-layer weight gradient '
+          "only; it is large because relu.py assigns ReLU'(0) = 1 in place "
+          'of the upstream gradient')
+
+# NeurIPS 2021, Table 1 (HCI: +-5% on line 1, +-0.3% on line 2).
+TABLE1_PAPER = {
+    'float16': Paper(
+        "ReLU'(0) Table 1, 16 bits", 1000, 235,
+        PaperValue('100%', 1.0, 0.05),
+        PaperValue('0.05%', 0.5, 0.003, _LINE2.format('0.05%', '50%')),
+        PaperValue('98, 117, 137', (98.0, 117.0, 137.0), None, _LINE3),
+        _MKPLOT),
+    'float32': Paper(
+        "ReLU'(0) Table 1, 32 bits", 1000, 235,
+        PaperValue('40%', 0.4, 0.05),
+        PaperValue('0.0002%', 0.002, 0.003,
+                   _LINE2.format('0.0002%', '0.2%')),
+        PaperValue('19, 25, 47', (19.0, 25.0, 47.0), None, _LINE3),
+        _MKPLOT),
+    'float64': Paper(
+        "ReLU'(0) Table 1, 64 bits", 10, 235,
+        PaperValue('0%', 0.0, 0.05,
+                   'mkPlot.R computes no 64-bit line; the notebook ran M = '
+                   '10 thetas in 64 bits, so the HCI is +-43%, not +-5%'),
+        PaperValue('0%', 0.0, 0.003),
+        PaperValue('0, 0, 0', None, None,
+                   'no impacted pair: the quartiles are undefined'), _MKPLOT),
+}
+
+
 def _table1() -> tuple[Run, ...]:
   runs = []
-  for variant, extra in (
-      ('reference', dict(model='mlp_reference', first_layer_only=True)),
-      ('clean', _mlp((256, 256, 256, 10)))):
-    for p in PRECISIONS:
-      runs.append(Run(f'{variant}_{p}', {**_MNIST, **extra, 'precision': p}))
+  for p in PRECISIONS:
+    runs.append(Run(f'reference_{p}', {**_MNIST, **REFERENCE, 'precision': p,
+                                       'samples': REFERENCE_SAMPLES[p]},
+                    paper=TABLE1_PAPER[p]))
+  for p in PRECISIONS:
+    runs.append(Run(f'clean_{p}', {**_MNIST, **_mlp((256, 256, 256, 10)),
+                                   'precision': p}, paper=TABLE1_PAPER[p]))
   return tuple(runs)
 
 
@@ -121,8 +216,9 @@ PRESETS: dict[str, Preset] = {
     'table1': Preset(
         _table1(), 'bars',
         description="ReLU'(0) Table 1: MLP 784-256x3-10, MNIST, batch 256, "
-        'M=1000, 16/32/64 bits; the reference notebook variant (no ReLU '
-        'after layer 1, first-layer weight gradient) and the clean one'),
+        '16/32/64 bits; the reference notebook variant (no ReLU after layer '
+        "1, assigning ReLU'(0), first-layer weight gradient, M = 1000 / 1000 "
+        '/ 10) and the clean one (M = 1000)'),
     'fig2_train_size': Preset(
         _sweep('train_size', (1000, 5000, 10000, 30000, 60000),
                lambda v: {**_mlp((256,) * 4 + (10,)), 'train_size': v}),

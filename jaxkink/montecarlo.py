@@ -3,10 +3,12 @@
 For M weight samples theta and every minibatch B of a data set, the engine
 compares the full parameter gradient of the minibatch loss under two kink
 settings (ReLU'(0) = 0 against 1, native against minimal MaxPool, ...) and
-records, per (theta, B): whether some element differs exactly, the relative
-L2 and the L1 difference, and per kinked operation the number of kink hits
-and the smallest distance to a kink (DESIGN.md section 4; Bertoin et al.,
-NeurIPS 2021, Section 3 and Appendix C; Boustany, TMLR, Section 3.2).
+records, per (theta, B): whether some element differs exactly (in the full
+gradient and in the first layer's kernel gradient), the relative L2
+difference (of both) and the L1 difference, and per kinked operation the
+number of kink hits and the smallest distance to a kink (DESIGN.md section 4;
+Bertoin et al., NeurIPS 2021, Section 3 and Appendix C; Boustany, TMLR,
+Section 3.2).
 
 How it is computed, per chunk of thetas (one jitted program, ``vmap`` over
 the thetas, ``lax.scan`` over the minibatches):
@@ -74,6 +76,10 @@ class PairRecord(NamedTuple):
       notebook's ``torch.equal(net1[0].weight.grad, net2[0].weight.grad)``;
       "first" is the first ``kernel`` in flattened parameter order).
     rel_l2: ``||g1 - g0||_2 / ||g0||_2`` over the full gradient.
+    rel_l2_first: the same over the first layer's kernel gradient only (the
+      leaf of ``differs_first``; no bias): the reference notebook's
+      ``diff_L2 / net1_L2``, which ``paper_results/section_3/mkPlot.R``
+      summarises into Table 1's third line (``g0``: the first kink value).
     l1: ``||g1 - g0||_1`` (the TMLR paper's backprop variation ``D``).
     hits: ``(ops,)`` kink hits per kinked operation, in call order.
     min_distance: ``(ops,)`` smallest distance to a kink per operation.
@@ -84,6 +90,7 @@ class PairRecord(NamedTuple):
   differs: Array
   differs_first: Array
   rel_l2: Array
+  rel_l2_first: Array
   l1: Array
   hits: Array
   min_distance: Array
@@ -188,17 +195,20 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
     first = _first_kernel_index(grads)
     neq = [jnp.any(g[0] != g[1]) for g in leaves]
     diff = [g[1].astype(acc) - g[0].astype(acc) for g in leaves]
-    sq = sum(jnp.sum(d * d) for d in diff)
-    base = sum(jnp.sum(jnp.square(g[0].astype(acc))) for g in leaves)
+    # Per-leaf sums, so the first layer's ratio reuses the full gradient's
+    # terms: no extra pass over the gradients.
+    sq = [jnp.sum(d * d) for d in diff]
+    base = [jnp.sum(jnp.square(g[0].astype(acc))) for g in leaves]
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
-    return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sq / base),
+    return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sum(sq) / sum(base)),
+            jnp.sqrt(sq[first] / base[first]),
             sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
 
   def skipped(pullbacks):
     c = jax.tree.leaves(pullbacks)[0].shape[0]
     false = jnp.zeros((c,), bool)
     zero = jnp.zeros((c,), acc)
-    return false, false, zero, zero, jnp.ones((c,), bool)
+    return false, false, zero, zero, zero, jnp.ones((c,), bool)
 
   def batch_records(variables, x, y):
     extra = {k: v for k, v in variables.items() if k != 'params'}
@@ -216,8 +226,9 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
     else:
       out = run(pullbacks)
       computed = jnp.ones(hits.shape[:1], bool)
-    differs, first, rel, l1, finite = out
-    return PairRecord(differs, first, rel, l1, hits, dist, computed, finite)
+    differs, first, rel, rel_first, l1, finite = out
+    return PairRecord(differs, first, rel, rel_first, l1, hits, dist,
+                      computed, finite)
 
   def chunk_fn(keys, xs, ys):
     variables = jax.vmap(lambda k: model.init(k, xs[0, :1], Kinks()))(keys)

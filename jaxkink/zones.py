@@ -7,7 +7,10 @@ From the per-(theta, minibatch) records of :mod:`jaxkink.montecarlo`:
 * the proportion of impacted (theta, minibatch) pairs, with McDiarmid's
   margin ``sqrt(0.5 (1/M + 1/R) ln(2/a))`` (the pairs of one theta are not
   independent; Boustany, TMLR, Appendix A.6.3);
-* the quartiles of the relative L2 difference over impacted pairs;
+* the quartiles of the relative L2 difference over impacted pairs, of the
+  full gradient and of the first layer's kernel gradient;
+* Table 1's three lines as the reference repository's R script computes
+  them (:func:`mkplot_lines`);
 * with a threshold ``tau`` on the L1 difference ``D`` (TMLR Criteria 1), the
   split of the impacted pairs into minor (``0 < D <= tau``, compensation
   errors) and major (``D > tau``, bifurcations), and the zone ``S(tau)``.
@@ -42,6 +45,58 @@ def _interval(p: float, margin: float) -> dict[str, float]:
           'high': min(1.0, p + margin)}
 
 
+def _quartiles(values: np.ndarray) -> list[float] | None:
+  return (np.quantile(values, [0.25, 0.5, 0.75]).tolist() if values.size
+          else None)
+
+
+def r_summary(values: Any) -> dict[str, float] | None:
+  """R's ``summary()`` of a numeric vector: min, quartiles (R's default
+  quantile type 7, numpy's default ``'linear'``), mean and max; None when
+  empty."""
+  v = np.asarray(values, np.float64).ravel()
+  if not v.size:
+    return None
+  q1, med, q3 = np.quantile(v, [0.25, 0.5, 0.75]).tolist()
+  return {'min': float(v.min()), 'q1': q1, 'median': med,
+          'mean': float(v.mean()), 'q3': q3, 'max': float(v.max())}
+
+
+def mkplot_lines(records: Any) -> dict[str, Any]:
+  """Table 1's lines as ``deel-ai/relu-prime``'s
+  ``paper_results/section_3/mkPlot.R`` computes them from the notebook's
+  ``norm_diff_estimation_MNIST.csv`` (one row per (theta, minibatch)).
+
+  The script's "differs" is ``diff_L1 > 0`` on the first layer's weight
+  gradient (lines 1 and 2) and ``same == "False"``, i.e. not
+  ``torch.equal`` on that gradient (line 3); both are ``differs_first``
+  here (they part only on NaNs). Its ``M`` is ``max(run_id + 1)``.
+
+  Args:
+    records: a :class:`~jaxkink.montecarlo.PairRecord`, leading axes
+      ``(M, R)``.
+
+  Returns:
+    ``run_affected_pct`` (line 1: the percentage of thetas with some
+    impacted minibatch), ``minibatch_affected_pct`` (the percentage of
+    impacted pairs), ``minibatch_affected_pct_printed`` (line 2 as the
+    script prints it: that percentage divided by ``M`` once more) and
+    ``relative_difference`` (line 3: :func:`r_summary` of ``rel_l2_first``
+    over the impacted pairs).
+  """
+  differs = np.asarray(records.differs_first, bool)
+  m = differs.shape[0]
+  # nAffect <- nAffect + (sum(dataTemp$diff_L1>0)>0) * 100, per run_id.
+  run_pct = 100.0 * float(differs.any(axis=1).mean())
+  # nAffect <- sum(toPlot$diff_L1>0) / nrow(toPlot) * 100, printed / M.
+  pair_pct = 100.0 * float(differs.mean())
+  rel = np.asarray(records.rel_l2_first, np.float64)[differs]
+  return {'samples': int(m), 'run_affected_pct': run_pct,
+          'minibatch_affected_pct': pair_pct,
+          'minibatch_affected_pct_printed': pair_pct / m,
+          'relative_difference': r_summary(rel)}
+
+
 def summarize(records: Any, *, tau: float = 0.0, alpha: float = 0.05,
               first_layer_only: bool = False) -> dict[str, Any]:
   """The zone estimates of a run's records.
@@ -65,6 +120,7 @@ def summarize(records: Any, *, tau: float = 0.0, alpha: float = 0.05,
   impacted = differs & (l1 > tau) if tau > 0 else differs
   in_zone = impacted.any(axis=1)
   rel = np.asarray(records.rel_l2, np.float64)[impacted]
+  rel_first = np.asarray(records.rel_l2_first, np.float64)[impacted]
   hits = np.asarray(records.hits)
   flagged = hits.sum(axis=-1) > 0
   first = np.where(in_zone, impacted.argmax(axis=1), -1)
@@ -81,8 +137,9 @@ def summarize(records: Any, *, tau: float = 0.0, alpha: float = 0.05,
       'impacted_pairs': {'count': int(impacted.sum()),
                          **_interval(float(impacted.mean()),
                                      mcdiarmid_margin(m, r, alpha))},
-      'rel_l2_quartiles': (np.quantile(rel, [0.25, 0.5, 0.75]).tolist()
-                           if rel.size else None),
+      'rel_l2_quartiles': _quartiles(rel),
+      'rel_l2_first_quartiles': _quartiles(rel_first),
+      'mkplot': mkplot_lines(records),
       'first_impacted_minibatch': {
           'median': (float(np.median(first[in_zone])) if in_zone.any()
                      else None)},
@@ -101,17 +158,73 @@ def summarize(records: Any, *, tau: float = 0.0, alpha: float = 0.05,
   return summary
 
 
+def percent(v: float) -> str:
+  """A proportion as a percentage with 3 significant digits: ``0.288`` ->
+  ``'28.8'``, ``2e-6`` -> ``'0.0002'``."""
+  return f'{100 * v:.3g}'
+
+
+def format_interval(iv: dict[str, float]) -> str:
+  """``p [low, high]`` in percent, the bounds clipped to [0, 100%]."""
+  low, high = max(0.0, iv['low']), min(1.0, iv['high'])
+  return f'{percent(iv["p"])}% [{percent(low)}, {percent(high)}]'
+
+
+def format_quartiles(q: Any) -> str:
+  """``Q1 / median / Q3`` with 3 significant digits, ``-`` for None."""
+  return '-' if q is None else ' / '.join(f'{v:.3g}' for v in q)
+
+
 def format_summary(name: str, s: dict[str, Any]) -> str:
-  """One table row, e.g. for a markdown summary."""
-  z, p = s['theta_in_zone'], s['impacted_pairs']
-  q = s['rel_l2_quartiles']
-  quart = ('-' if q is None else ' / '.join(f'{v:.2g}' for v in q))
+  """One row of :data:`TABLE_HEADER`'s table, e.g. for a markdown summary."""
   return (f'| {name} | {s["samples"]} | {s["minibatches"]} | '
-          f'{100 * z["p"]:.1f}% [{100 * z["low"]:.1f}, {100 * z["high"]:.1f}]'
-          f' | {100 * p["p"]:.2f}% [{100 * p["low"]:.2f}, '
-          f'{100 * p["high"]:.2f}] | {quart} | {s["screen_violations"]} |')
+          f'{format_interval(s["theta_in_zone"])} | '
+          f'{format_interval(s["impacted_pairs"])} | '
+          f'{format_quartiles(s["rel_l2_quartiles"])} | '
+          f'{format_quartiles(s.get("rel_l2_first_quartiles"))} | '
+          f'{s["screen_violations"]} |')
 
 
 TABLE_HEADER = ('| setting | M | R | theta in S (95% Hoeffding) | impacted '
-                'pairs (95% McDiarmid) | rel. L2 quartiles | screen '
-                'violations |\n|---|---|---|---|---|---|---|')
+                'pairs (95% McDiarmid) | rel. L2, full gradient (Q1 / median '
+                '/ Q3) | rel. L2, first-layer kernel (Q1 / median / Q3) | '
+                'screen violations |\n|---|---|---|---|---|---|---|---|')
+
+# One line per column of TABLE_HEADER: what it is.
+METRICS = (
+    ('theta in S', 'the proportion of the M weight samples theta for which '
+     'some minibatch gives different gradients under the two kink values '
+     '(S01 of the paper); "differs" is exact (`!=`) on the full gradient, or '
+     "on the first layer's kernel gradient for runs with first_layer_only; "
+     "95% Hoeffding interval sqrt(ln(2/a) / (2M)), clipped to [0, 100%]."),
+    ('impacted pairs', 'the proportion of the M x R (theta, minibatch) pairs '
+     'whose gradients differ (same test); 95% McDiarmid interval '
+     'sqrt(0.5 (1/M + 1/R) ln(2/a)), clipped to [0, 100%].'),
+    ('rel. L2, full gradient', '||g1 - g0||_2 / ||g0||_2 over all parameters '
+     '(g0: the first kink value, e.g. ReLU\'(0) = 0), quartiles over the '
+     'impacted pairs.'),
+    ('rel. L2, first-layer kernel', 'the same ratio over the first layer\'s '
+     'weight (kernel) gradient only, no bias: the reference notebook\'s '
+     'diff_L2 / net1_L2; quartiles over the impacted pairs.'),
+    ('screen violations', 'pairs with no kink hit in the forward pass whose '
+     'gradients differ (0: the screen that skips their backward passes was '
+     'exact).'),
+)
+
+
+def format_mkplot(name: str, s: dict[str, Any]) -> str:
+  """One row of :data:`MKPLOT_HEADER`'s table: :func:`mkplot_lines` of a
+  summary, as the R script prints them."""
+  k = s['mkplot']
+  rel = k['relative_difference']
+  rel = ('-' if rel is None else ' / '.join(
+      f'{rel[f]:.3g}' for f in ('min', 'q1', 'median', 'mean', 'q3', 'max')))
+  return (f'| {name} | {k["samples"]} | {k["run_affected_pct"]:.3g} | '
+          f'{k["minibatch_affected_pct_printed"]:.3g} '
+          f'({k["minibatch_affected_pct"]:.3g} before / M) | {rel} |')
+
+
+MKPLOT_HEADER = ('| setting | M | line 1: % run affected | line 2: % '
+                 'minibatch affected, as printed | line 3: summary(diff_L2 / '
+                 'net1_L2): min / Q1 / median / mean / Q3 / max |\n'
+                 '|---|---|---|---|---|')
