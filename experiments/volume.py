@@ -384,9 +384,11 @@ def summary_markdown(title: str, runs: Sequence[volume_presets.Run],
       for r, s in zip(runs, summaries):
         if r.paper == paper:
           lines.append(zones.format_mkplot(r.label, s))
-      printed = [getattr(paper, m) for m in volume_presets.Paper.METRICS]
-      lines.append(f'| paper: {paper.source} | {paper.samples} | ' + ' | '.join(
-          '-' if v is None else v.printed for v in printed) + ' |')
+      printed = ['-' if v is None else v.printed for v in (
+          getattr(paper, m) for m in volume_presets.Paper.METRICS)]
+      printed[2] = f'Q1, median, Q3: {printed[2]}'   # all the paper prints
+      lines.append(f'| paper: {paper.source} | {paper.samples} | '
+                   + ' | '.join(printed) + ' |')
   return '\n'.join(lines) + '\n'
 
 

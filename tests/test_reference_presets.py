@@ -317,13 +317,20 @@ def test_summary_header_says_what_was_run():
   clean = next(l for l in lines if l.startswith('| clean_float32 | mlp '))
   assert 'kink value x upstream' in clean and 'full gradient' in clean
   # The paper's column, as mkPlot.R computes it, and one line per metric.
-  assert "| paper: ReLU'(0) Table 1, 32 bits | 1000 | 235 | 40% [35, 45] | " in (
-      text)
+  assert ("| paper: ReLU'(0) Table 1, 32 bits | 1000 | 235 | 40% [35, 45] | "
+          in text)
   assert ('0.2% [0, 0.5] (printed 0.0002%)' in text
           and '19 / 25 / 47' in text)
   for name, _ in zones.METRICS:
     assert any(l.startswith(f'- **{name}**: ') for l in lines), name
   assert 'divided by M = 1000 a second time' in text
+  # Our records through mkPlot.R's formulas, next to what the paper prints.
+  assert '## As deel-ai/relu-prime paper_results/section_3/mkPlot.R' in text
+  assert ("| paper: ReLU'(0) Table 1, 32 bits | 1000 | 40% | 0.0002% | "
+          'Q1, median, Q3: 19, 25, 47 |') in text
+  mk = next(l for l in lines if l.startswith('| reference_float32 | 4 | 100'))
+  # Every theta differs on minibatch 0 of 2: 50% of pairs, printed / M = 4.
+  assert '| 12.5 (50 before / M) | 20 / 20 / 20 / 20 / 20 / 20 |' in mk
 
 
 def test_summary_intervals_stay_in_0_100():
