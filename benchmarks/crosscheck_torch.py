@@ -53,7 +53,9 @@ Run (one core, as in the notes)::
 
 Needs PyTorch (``pip install -e '.[bench]'``). A re-run with the same flags
 and ``--out`` skips the chunks already written; more thetas: a larger
-``--samples`` with the same other flags.
+``--samples`` with the same other flags (``--torch_screen`` for speed: the
+backward passes only where the forward hit a zero; the unscreened loop
+checks that no other pair differs, and gave the same records).
 """
 
 from __future__ import annotations
@@ -79,56 +81,61 @@ from jaxkink import rundir
 from jaxkink import zones
 from jaxkink.models import initializers
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory (default: '
-                                '$JAXKINK_DATA_DIR, else the bundled sample).')
-_VARIANT = flags.DEFINE_enum(
-    'variant', 'reference', ['reference', 'clean'],
-    "'reference': the notebook's net (no ReLU after the first Linear), "
-    "relu.py's assigning backward, differs on net[0].weight.grad; 'clean': "
-    'ReLU after every hidden layer, the multiplying rule, the full gradient.')
-_SAMPLES = flags.DEFINE_integer('samples', 8, 'M, thetas 0..M-1 of the '
-                                "engine's draw (seed --seed).")
-_CHUNK = flags.DEFINE_integer('chunk', 8, 'Thetas per engine call and per '
-                              'record file.')
-_SEED = flags.DEFINE_integer('seed', 0, "The engine's seed.")
-_BATCHES = flags.DEFINE_integer('batches', 0, 'Minibatches per theta (0: all '
-                                'of them, the last partial one included).')
-_TRAIN_SIZE = flags.DEFINE_integer('train_size', 0, 'Digits used (0: all).')
-_TORCH_ORDER = flags.DEFINE_bool('torch_order', True, 'Also run the engine '
-                                 "on TorchOrderMLP (PyTorch's summation "
-                                 'order, in XLA).')
-_TORCH_KC = flags.DEFINE_list('torch_kc', ['784:192', '256:128'],
-                              "PyTorch's K-blocks per fan-in, K:kc (measured "
-                              'on this CPU kind; see emulate_dense).')
-_DIAG_BATCHES = flags.DEFINE_integer('diag_batches', 1, 'Minibatches per '
-                                     'theta with the per-layer diagnosis on '
-                                     'the same inputs (float64, emulations).')
-_EMULATE_ROWS = flags.DEFINE_integer('emulate_rows', 8, 'Rows of each '
-                                     'diagnosed layer checked against the '
-                                     'emulated float32 orders.')
-_NEAR = flags.DEFINE_float('near', 2.0 ** -12, 'Half-width of the window '
-                           'around 0 for the predicted exact zeros.')
-_TORCH_SCREEN = flags.DEFINE_bool(
-    'torch_screen', False, 'Run the PyTorch backward passes only for the '
-    'minibatches whose forward hit an exact zero at a ReLU (the exactness '
-    'argument of DESIGN.md section 4; the unscreened loop checks it: '
-    "'pairs_differing_without_zero'). Faster, for larger M.")
-_TORCH_THREADS = flags.DEFINE_integer('torch_threads', 1, 'torch.set_num_'
-                                      'threads (the K-blocking can depend on '
-                                      'it).')
-_THETA_LOOP = flags.DEFINE_enum('theta_loop', 'auto', ['auto', 'map', 'vmap'],
-                                "The engine's theta loop ('auto': map on "
-                                'CPUs, as volume.py).')
-_OUT = flags.DEFINE_string('out', None, 'Run directory: settings.json, '
-                           'chunks/*.npz, summary.json.')
-cli.check_positive(['samples', 'chunk', 'diag_batches', 'emulate_rows',
-                    'torch_threads'])
-cli.check('batches', lambda v: v >= 0, '--batches must be >= 0')
-cli.check('train_size', lambda v: v >= 0, '--train_size must be >= 0')
-cli.check('near', lambda v: 0 < v < 1, '--near must be in (0, 1)')
-cli.check('torch_kc', lambda v: _parse_kc(v) is not None,
-          '--torch_kc must be K:kc pairs of positive integers')
-cli.check_output_dir('out')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """Defines the script's flags (only when run as a script: importing the
+  module, as the tests do, defines none)."""
+  flags.DEFINE_string('data_dir', None, 'MNIST directory (default: '
+                      '$JAXKINK_DATA_DIR, else the bundled sample).')
+  flags.DEFINE_enum(
+      'variant', 'reference', ['reference', 'clean'],
+      "'reference': the notebook's net (no ReLU after the first Linear), "
+      "relu.py's assigning backward, differs on net[0].weight.grad; 'clean': "
+      'ReLU after every hidden layer, the multiplying rule, the full gradient.')
+  flags.DEFINE_integer('samples', 8, "M: thetas 0..M-1 of the engine's draw "
+                       '(seed --seed). A larger M in the same --out adds '
+                       'chunks.')
+  flags.DEFINE_integer('chunk', 8, 'Thetas per engine call and per record '
+                       'file.')
+  flags.DEFINE_integer('seed', 0, "The engine's seed.")
+  flags.DEFINE_integer('batches', 0, 'Minibatches per theta (0: all of them, '
+                       'the last partial one included).')
+  flags.DEFINE_integer('train_size', 0, 'Digits used (0: all).')
+  flags.DEFINE_bool('torch_order', True, 'Also run the engine on '
+                    "TorchOrderMLP (PyTorch's summation order, in XLA).")
+  flags.DEFINE_list('torch_kc', ['784:192', '256:128'], "PyTorch's K-blocks "
+                    'per fan-in, K:kc (measured on this CPU kind; see '
+                    'emulate_dense).')
+  flags.DEFINE_integer('diag_batches', 1, 'Minibatches per theta with the '
+                       'per-layer diagnosis on the same inputs (float64, '
+                       'emulations).')
+  flags.DEFINE_integer('emulate_rows', 8, 'Rows of each diagnosed layer '
+                       'checked against the emulated float32 orders.')
+  flags.DEFINE_float('near', 2.0 ** -12, 'Half-width of the window around 0 '
+                     'for the predicted exact zeros.')
+  flags.DEFINE_bool(
+      'torch_screen', False, 'Run the PyTorch backward passes only for the '
+      'minibatches whose forward hit an exact zero at a ReLU (the exactness '
+      'argument of DESIGN.md section 4; the unscreened loop checks it: '
+      "'pairs_differing_without_zero'). About 3x faster, for larger M.")
+  flags.DEFINE_integer('torch_threads', 1, 'torch.set_num_threads (the '
+                       "BLAS's K-blocking can depend on it).")
+  flags.DEFINE_enum('theta_loop', 'auto', ['auto', 'map', 'vmap'],
+                    "The engine's theta loop ('auto': map on CPUs, as "
+                    'volume.py).')
+  flags.DEFINE_string('out', None, 'Run directory: settings.json, '
+                      'chunks/*.npz, summary.json.')
+  cli.check_positive(['samples', 'chunk', 'diag_batches', 'emulate_rows',
+                      'torch_threads'])
+  cli.check('batches', lambda v: v >= 0, '--batches must be >= 0')
+  cli.check('train_size', lambda v: v >= 0, '--train_size must be >= 0')
+  cli.check('near', lambda v: 0 < v < 1, '--near must be in (0, 1)')
+  cli.check('torch_kc', lambda v: _parse_kc(v) is not None,
+            '--torch_kc must be K:kc pairs of positive integers')
+  cli.check_output_dir('out')
+
 
 WIDTHS = (256, 256, 256, 10)
 BATCH = 256
@@ -244,8 +251,8 @@ class TorchOrderMLP(nn.Module):
   """The zoo's MLP (same parameter names, same initialisers: the same
   thetas from the same keys), each hidden dense layer summed in PyTorch's
   CPU order (:func:`torch_order_dense` with ``kc[fan_in]``). The last layer
-  stays native: PyTorch's kernel for 10 outputs is another one (not
-  identified) and no ReLU reads it."""
+  stays native: for 10 outputs PyTorch adds the bias after the product, whose
+  order (another MKL kernel) is not identified, and no ReLU reads it."""
   widths: Sequence[int] = WIDTHS
   relu_after_first: bool = False
   kc: dict[int, int] | None = None
@@ -326,8 +333,8 @@ class TorchNet:
       b = np.asarray(params[name]['bias'], np.float32)
       layer = torch.nn.Linear(w.shape[0], w.shape[1])
       with torch.no_grad():  # Flax (in, out) -> torch (out, in), contiguous
-        layer.weight.copy_(torch.from_numpy(np.ascontiguousarray(w.T)))
-        layer.bias.copy_(torch.from_numpy(b))
+        layer.weight.copy_(torch.from_numpy(np.array(w.T, order='C')))
+        layer.bias.copy_(torch.from_numpy(np.array(b)))
       self.layers.append(layer)
 
   def parameters(self):
@@ -785,9 +792,9 @@ def main(argv: Sequence[str]) -> None:
   except ImportError as e:
     raise cli.UsageValueError('PyTorch is needed: pip install -e .[bench]'
                               ) from e
-  torch.set_num_threads(_TORCH_THREADS.value)
-  ds = data_lib.load('mnist', 'train', data_dir=_DATA_DIR.value)
-  n = _TRAIN_SIZE.value or len(ds)
+  torch.set_num_threads(FLAGS.torch_threads)
+  ds = data_lib.load('mnist', 'train', data_dir=FLAGS.data_dir)
+  n = FLAGS.train_size or len(ds)
   if n > len(ds) or n < 1:
     raise cli.UsageValueError(f'--train_size must be in 1..{len(ds)}')
   images = np.asarray(ds.images[:n])
@@ -801,28 +808,28 @@ def main(argv: Sequence[str]) -> None:
   y = np.asarray(ds.labels[:n]).astype(np.int64)
   (xs, ys), tail = mc.stack_batches(jnp.asarray(x), jnp.asarray(y), BATCH)
   batches = [(x[i:i + BATCH], y[i:i + BATCH]) for i in range(0, n, BATCH)]
-  if _BATCHES.value:
-    keep = min(_BATCHES.value, xs.shape[0])
+  if FLAGS.batches:
+    keep = min(FLAGS.batches, xs.shape[0])
     xs, ys, tail = xs[:keep], ys[:keep], None
     batches = batches[:keep]
   r = len(batches)
-  loop = _THETA_LOOP.value
+  loop = FLAGS.theta_loop
   if loop == 'auto':
     loop = 'map' if jax.default_backend() == 'cpu' else 'vmap'
-  kc = _parse_kc(_TORCH_KC.value)
+  kc = _parse_kc(FLAGS.torch_kc)
   settings = {
-      'variant': _VARIANT.value, 'seed': _SEED.value, 'chunk': _CHUNK.value,
-      'batches': r, 'train_size': n, 'torch_order': _TORCH_ORDER.value,
+      'variant': FLAGS.variant, 'seed': FLAGS.seed, 'chunk': FLAGS.chunk,
+      'batches': r, 'train_size': n, 'torch_order': FLAGS.torch_order,
       'torch_kc': {str(k): v for k, v in sorted(kc.items())},
-      'diag_batches': _DIAG_BATCHES.value,
-      'emulate_rows': _EMULATE_ROWS.value, 'near': _NEAR.value,
-      'torch_threads': _TORCH_THREADS.value, 'theta_loop': loop,
-      'torch_screen': _TORCH_SCREEN.value,
+      'diag_batches': FLAGS.diag_batches,
+      'emulate_rows': FLAGS.emulate_rows, 'near': FLAGS.near,
+      'torch_threads': FLAGS.torch_threads, 'theta_loop': loop,
+      'torch_screen': FLAGS.torch_screen,
       'data': rundir.array_digest(images, y)}
   print(f'{ds.describe()}; {r} minibatches of <= {BATCH}; '
-        f'{_VARIANT.value} variant; jax {jax.__version__}, torch '
+        f'{FLAGS.variant} variant; jax {jax.__version__}, torch '
         f'{torch.__version__}, {jax.devices()[0].device_kind}')
-  out = _OUT.value
+  out = FLAGS.out
   if out:
     os.makedirs(os.path.join(out, 'chunks'), exist_ok=True)
     spath = os.path.join(out, 'settings.json')
@@ -835,13 +842,13 @@ def main(argv: Sequence[str]) -> None:
                                   f'{"; ".join(diff)}')
     else:
       rundir.write_json(spath, settings)
-  runner = Runner(_VARIANT.value, _SAMPLES.value, _CHUNK.value, _SEED.value,
-                  kc, _TORCH_ORDER.value, loop)
+  runner = Runner(FLAGS.variant, FLAGS.samples, FLAGS.chunk, FLAGS.seed,
+                  kc, FLAGS.torch_order, loop)
   chunks = []
   t_start = time.perf_counter()
   for c in range(runner.engine.num_chunks):
     path = out and os.path.join(out, 'chunks', f'chunk_{c:06d}.npz')
-    size = min(_CHUNK.value, _SAMPLES.value - c * _CHUNK.value)
+    size = min(FLAGS.chunk, FLAGS.samples - c * FLAGS.chunk)
     rec = _load_chunk(path) if path and os.path.exists(path) else None
     if rec is not None and rec['torch_differs'].shape[0] >= size:
       rec = {k: (v if k == 'diag' else v[:size]) for k, v in rec.items()}
@@ -849,9 +856,9 @@ def main(argv: Sequence[str]) -> None:
       print(f'chunk {c}: read from {path}')
       continue
     t0 = time.perf_counter()
-    rec = runner.chunk(c, xs, ys, tail, batches, _NEAR.value,
-                       _DIAG_BATCHES.value, _EMULATE_ROWS.value, print,
-                       _TORCH_SCREEN.value)
+    rec = runner.chunk(c, xs, ys, tail, batches, FLAGS.near,
+                       FLAGS.diag_batches, FLAGS.emulate_rows, print,
+                       FLAGS.torch_screen)
     if path:
       rundir.write_npz(path, **rec)
     chunks.append(rec)
@@ -859,7 +866,7 @@ def main(argv: Sequence[str]) -> None:
   records = {k: (np.array([c[k] for c in chunks]) if k == 'diag'
                  else np.concatenate([c[k] for c in chunks]))
              for k in chunks[0]}
-  summary = summarize(records, _VARIANT.value, runner.relu_after)
+  summary = summarize(records, FLAGS.variant, runner.relu_after)
   summary['seconds'] = time.perf_counter() - t_start
   summary['settings'] = settings
   summary['environment'] = rundir.environment()
@@ -869,4 +876,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(cli.main(main))
