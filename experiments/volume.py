@@ -151,7 +151,9 @@ _DATA_CACHE: dict[Any, Any] = {}
 
 
 def _dataset(name: str, data_dir: str | None):
-  key = (name, data_dir)
+  # Keyed by the directory in force ($JAXKINK_DATA_DIR when data_dir is
+  # None), so that a change of the environment is not served stale data.
+  key = (name, data_lib.resolve_data_dir(data_dir))
   if key not in _DATA_CACHE:
     _DATA_CACHE[key] = data_lib.load(name, 'train', data_dir=data_dir)
   return _DATA_CACHE[key]

@@ -284,6 +284,13 @@ _DEFAULTS = dict(model_opt=(), legacy_relu_grad=False, chunk=2,
                  theta_loop='map')
 
 
+@pytest.fixture(autouse=True)
+def _bundled_sample(monkeypatch):
+  """These tests read the bundled MNIST sample (``prepare(..., None)``),
+  also where $JAXKINK_DATA_DIR names the full data (CI)."""
+  monkeypatch.delenv('JAXKINK_DATA_DIR', raising=False)
+
+
 def _table1_summary(precision='float32'):
   runs = [TABLE1[f'reference_{precision}'], TABLE1[f'clean_{precision}']]
   runs = [presets.Run(r.label, {**_DEFAULTS, **r.flags, 'samples': 4,
