@@ -100,14 +100,14 @@ def _assert_agree_to_rounding(a, b, rtol):
 
 @pytest.mark.parametrize('policy,init,zeros,blank,loop', [
     # Real float16 hits: which pairs hit depends on the GEMM kernel.
-    ('float16', 'pytorch', 0, None, 'map'),
+    pytest.param('float16', 'pytorch', 0, None, 'map', id='float16_hits'),
     # Zero biases and blank inputs in batches 0 and 2: exact zeros there
     # whatever the kernel, so those blocks are computed and differ.
-    ('float16', 'flax', 2, (0, 2), 'vmap'),
-    ('float32', 'pytorch', 0, None, 'vmap'),
+    pytest.param('float16', 'flax', 2, (0, 2), 'vmap', id='float16_planted'),
+    pytest.param('float32', 'pytorch', 0, None, 'vmap', id='float32'),
     # Float32 (an exact zero of a generic pre-activation has probability
     # ~1e-7): both branches of the screen are taken on every CPU.
-    ('float32', 'flax', 2, (0, 2), 'map'),
+    pytest.param('float32', 'flax', 2, (0, 2), 'map', id='float32_planted'),
 ])
 def test_screened_equals_unscreened(policy, init, zeros, blank, loop):
   screened, engine_s, _, _ = _records(policy, True, init=init,
@@ -267,8 +267,10 @@ _DEVICES_SCRIPT = textwrap.dedent('''
 
 
 def test_four_devices_equal_one_device():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
-             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  # Added to the caller's XLA_FLAGS (e.g. --xla_cpu_max_isa), not instead.
+  flags = os.environ.get('XLA_FLAGS', '')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
+             XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count=4')
   proc = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
