@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -84,3 +86,13 @@ def assert_close_ulps(a, b, ulps, scale=None) -> None:
 @pytest.fixture
 def rng() -> np.random.Generator:
   return np.random.default_rng(20211206)
+
+
+def file_bytes(directory):
+  """Every file under ``directory`` (relative path) and its bytes."""
+  out = {}
+  for d, _, files in os.walk(directory):
+    for f in files:
+      with open(os.path.join(d, f), 'rb') as fh:
+        out[os.path.relpath(os.path.join(d, f), directory)] = fh.read()
+  return out

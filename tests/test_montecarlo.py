@@ -20,7 +20,7 @@ import jaxkink
 from jaxkink import montecarlo as mc
 from jaxkink import models
 from jaxkink import zones
-from conftest import assert_bits_equal
+from conftest import assert_bits_equal, file_bytes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -211,7 +211,7 @@ def test_resume_refuses_other_settings_and_repairs_damaged_chunks(tmp_path):
                                   **{'samples': 6, 'chunk': 2, **kw})
   out = str(tmp_path / 'run')
   whole = mc.run(engine(), x, y, 32, out)
-  before = _file_bytes(out)
+  before = file_bytes(out)
   for other in (dict(seed=1), dict(samples=8), dict(chunk=3)):
     with pytest.raises(jaxkink.rundir.RefusedError, match=next(iter(other))):
       mc.run(engine(**other), x, y, 32, out)
@@ -219,7 +219,7 @@ def test_resume_refuses_other_settings_and_repairs_damaged_chunks(tmp_path):
     mc.run(engine(), x, y, 16, out)
   with pytest.raises(jaxkink.rundir.RefusedError, match='data'):
     mc.run(engine(), x[::-1], y[::-1], 32, out)
-  assert _file_bytes(out) == before
+  assert file_bytes(out) == before
   # Damaged or foreign chunks are moved aside and recomputed.
   chunk = lambda i: os.path.join(out, 'chunks', f'chunk_{i:06d}.npz')
   with open(chunk(0), 'r+b') as f:
@@ -229,18 +229,9 @@ def test_resume_refuses_other_settings_and_repairs_damaged_chunks(tmp_path):
   for a, b in zip(whole, again):
     assert_bits_equal(a, b)
   assert len(os.listdir(os.path.join(out, 'corrupt'))) == 2
-  assert _file_bytes(os.path.join(out, 'chunks')) == {
+  assert file_bytes(os.path.join(out, 'chunks')) == {
       k[len('chunks/'):]: v for k, v in before.items()
       if k.startswith('chunks/')}
-
-
-def _file_bytes(directory):
-  out = {}
-  for d, _, files in os.walk(directory):
-    for f in files:
-      with open(os.path.join(d, f), 'rb') as fh:
-        out[os.path.relpath(os.path.join(d, f), directory)] = fh.read()
-  return out
 
 
 _DEVICES_SCRIPT = textwrap.dedent('''

@@ -15,7 +15,7 @@ import pytest
 import jaxkink
 from jaxkink import models
 from jaxkink import training
-from conftest import assert_bits_equal, assert_close_ulps
+from conftest import assert_bits_equal, assert_close_ulps, file_bytes
 
 POLICY = jaxkink.get_policy('float32')
 SGD = training.OptimizerConfig('sgd', lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -296,20 +296,10 @@ def test_resume_reproduces_the_uninterrupted_run(rng, tmp_path):
                                  'pool_beta': 0.0}
   # Another configuration is refused before anything in the directory is
   # touched.
-  before = _file_bytes(cut)
+  before = file_bytes(cut)
   with pytest.raises(jaxkink.rundir.RefusedError, match=r'grid.seeds: \[0, 1\] -> \[0, 1, 2\]'):
     _sweep(bn, [0, 1, 2], [0.0, 1.0], data, out=cut, **kw)
-  assert _file_bytes(cut) == before
-
-
-def _file_bytes(directory):
-  """Every file under ``directory`` and its bytes."""
-  out = {}
-  for d, _, files in os.walk(directory):
-    for f in files:
-      with open(os.path.join(d, f), 'rb') as fh:
-        out[os.path.relpath(os.path.join(d, f), directory)] = fh.read()
-  return out
+  assert file_bytes(cut) == before
 
 
 def test_checkpoint_keeps_the_bits_of_every_dtype(tmp_path):
