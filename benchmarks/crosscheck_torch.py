@@ -25,10 +25,11 @@ drawn by :class:`jaxkink.montecarlo.Engine` (the reference preset's model,
   (OpenBLAS), each against the float64 value of the same product, and each
   against the emulated float32 orders (:func:`emulate_dense`);
 * optionally (``--torch_order``, on by default) runs the engine a second time
-  on :class:`TorchOrderMLP`: the same parameters, the same initialisers (so
-  the same thetas, checked bit for bit), but every hidden dense layer
-  computed in PyTorch's CPU order, ``b + x[:, :kc] @ W[:kc] + x[:, kc:2kc]
-  @ W[kc:2kc] + ...`` (:func:`torch_order_dense`), which on this CPU kind
+  on the zoo's MLP with ``torch_order`` (``--torch_kc``): the same
+  parameters, the same initialisers (so the same thetas, checked bit for
+  bit), but every hidden dense layer computed in PyTorch's CPU order, ``b +
+  x[:, :kc] @ W[:kc] + x[:, kc:2kc] @ W[kc:2kc] + ...``
+  (:func:`jaxkink.models.layers.bias_first_dense`), which on this CPU kind
   reproduces PyTorch's pre-activations bit for bit.
 
 What it found on the 2-core AMD EPYC (AVX2) machine of issue 13, jax 0.10.2,
@@ -81,7 +82,7 @@ from jaxkink import models
 from jaxkink import montecarlo as mc
 from jaxkink import rundir
 from jaxkink import zones
-from jaxkink.models import initializers
+from jaxkink.models import layers
 
 FLAGS = flags.FLAGS
 
@@ -105,8 +106,8 @@ def define_flags() -> None:
   flags.DEFINE_integer('batches', 0, 'Minibatches per theta (0: all of them, '
                        'the last partial one included).')
   flags.DEFINE_integer('train_size', 0, 'Digits used (0: all).')
-  flags.DEFINE_bool('torch_order', True, 'Also run the engine on '
-                    "TorchOrderMLP (PyTorch's summation order, in XLA).")
+  flags.DEFINE_bool('torch_order', True, "Also run the engine on the MLP with "
+                    "torch_order (PyTorch's summation order, in XLA).")
   flags.DEFINE_list('torch_kc', ['784:192', '256:128'], "PyTorch's K-blocks "
                     'per fan-in, K:kc (measured on this CPU kind; see '
                     'emulate_dense).')
@@ -207,72 +208,6 @@ def emulate_dense(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
   if b is not None and bias == 'after':
     c = c + np.asarray(b, np.float32)
   return c
-
-
-def torch_order_dense(x: jax.Array, kernel: jax.Array, bias: jax.Array,
-                      kc: int, precision: Any = 'highest') -> jax.Array:
-  """``b + x[:, :kc] @ W[:kc] + x[:, kc:2kc] @ W[kc:2kc] + ...`` in XLA.
-
-  The bias first, then the K-blocks' products added left to right: the
-  order of PyTorch's CPU ``addmm`` (MKL, ``beta = 1`` on C = b), as long as
-  XLA computes each block as one FMA chain (it does for the Table-1 shapes
-  on this CPU kind; the script checks the result against PyTorch bit for
-  bit).
-  """
-  k_total = x.shape[-1]
-  z = jnp.broadcast_to(bias, x.shape[:-1] + bias.shape)
-  for start in range(0, k_total, kc):
-    stop = min(k_total, start + kc)
-    z = z + jnp.dot(x[..., start:stop], kernel[start:stop],
-                    precision=precision)
-  return z
-
-
-class _Dense(nn.Module):
-  """``nn.Dense``'s parameters and initialisers (PyTorch's default init, as
-  the zoo's ``Layers.dense``), computed natively or in PyTorch's order."""
-  features: int
-  kc: int | None = None
-  precision: Any = None
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    fan_in = x.shape[-1]
-    kernel = self.param('kernel', initializers.kernel_init(
-        'pytorch', 'dense', fan_in, self.features), (fan_in, self.features),
-                        jnp.float32)
-    bias = self.param('bias', initializers.bias_init('pytorch', 'dense',
-                                                     fan_in),
-                      (self.features,), jnp.float32)
-    if self.kc is None:
-      return jnp.dot(x, kernel, precision=self.precision) + bias
-    return torch_order_dense(x, kernel, bias, self.kc, self.precision)
-
-
-class TorchOrderMLP(nn.Module):
-  """The zoo's MLP (same parameter names, same initialisers: the same
-  thetas from the same keys), each hidden dense layer summed in PyTorch's
-  CPU order (:func:`torch_order_dense` with ``kc[fan_in]``). The last layer
-  stays native: for 10 outputs PyTorch adds the bias after the product, whose
-  order (another MKL kernel) is not identified, and no ReLU reads it."""
-  widths: Sequence[int] = WIDTHS
-  relu_after_first: bool = False
-  kc: dict[int, int] | None = None
-  precision: Any = 'highest'
-
-  @nn.compact
-  def __call__(self, x: jax.Array, kinks: jaxkink.Kinks,
-               train: bool = False) -> jax.Array:
-    del train
-    x = x.reshape(x.shape[0], -1)
-    kc = dict(self.kc or {})
-    for i, width in enumerate(self.widths[:-1]):
-      x = _Dense(width, kc.get(x.shape[-1]), self.precision,
-                 name=f'Dense_{i}')(x)
-      if i > 0 or self.relu_after_first:
-        x = kinks.relu(x)
-    return _Dense(self.widths[-1], None, self.precision,
-                  name=f'Dense_{len(self.widths) - 1}')(x)
 
 
 # ---------------------------------------------------------------------------
@@ -516,6 +451,7 @@ class Runner:
     self.policy = jaxkink.get_policy('float32')
     name = 'mlp_reference' if variant == 'reference' else 'mlp'
     self.model = models.get(name, policy=self.policy)
+    order = tuple(f'{k}:{kc}' for k, kc in torch_kc.items())
     pair = mc.kink_pair('relu', (0, 1), legacy_relu_grad=self.assign)
     devices = jax.local_devices()[:1]
     self.engine = mc.Engine(self.model, self.policy, pair, samples=samples,
@@ -524,8 +460,8 @@ class Runner:
     self.torch_kc = dict(torch_kc)
     self.to_engine = None
     if with_torch_order:
-      self.to_model = TorchOrderMLP(WIDTHS, variant == 'clean', self.torch_kc,
-                                    self.policy.jax_precision)
+      self.to_model = models.get(name, policy=self.policy,
+                                 torch_order=order)
       self.to_engine = mc.Engine(self.to_model, self.policy, pair,
                                  samples=samples, chunk=chunk, seed=seed,
                                  theta_loop=theta_loop, devices=devices)
@@ -535,8 +471,8 @@ class Runner:
       def pre_acts(params, x):
         _, state = model.apply(
             {'params': params}, x, jaxkink.Kinks(),
-            capture_intermediates=lambda m, _: isinstance(m, (nn.Dense,
-                                                              _Dense)),
+            capture_intermediates=lambda m, _: isinstance(
+                m, (nn.Dense, layers.BiasFirstDense)),
             mutable=['intermediates'])
         inter = state['intermediates']
         return tuple(inter[n]['__call__'][0] for n in LAYERS)
@@ -566,8 +502,8 @@ class Runner:
           lambda a, b: bool(np.array_equal(a, b)), variables['params'],
           to_vars['params']))
       if not same:
-        raise RuntimeError('TorchOrderMLP drew other thetas than the zoo '
-                           'model: its parameters or initialisers differ')
+        raise RuntimeError('the torch_order model drew other thetas than the '
+                           'native one: its parameters or initialisers differ')
       to_eng = _engine_chunk(self.to_engine, c, xs, ys, tail)
       out.update({f'to_{k}': v for k, v in to_eng.items()})
     n_layers = len(LAYERS)

@@ -13,7 +13,8 @@ default init of a 784 -> 256 layer):
 * PyTorch's ``addmm`` starts from C = b and adds the product's K-blocks to it
   (a GEMM with ``beta = 1``), each block an FMA chain from zero;
 * so the bias enters PyTorch's sum first and XLA's last, and summing in
-  PyTorch's order inside XLA (``torch_order_dense``) gives PyTorch's bits;
+  PyTorch's order inside XLA (``jaxkink.models.layers.bias_first_dense``)
+  gives PyTorch's bits;
 * the order alone decides how often ``x . w + b`` is exactly 0: rounded onto
   the coarser grid of a large partial sum, the bias cancels exactly more
   often (last test, pure float32 arithmetic).
@@ -35,6 +36,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from jaxkink.models import layers
 
 try:
   import torch  # pylint: disable=g-import-not-at-top
@@ -121,7 +124,7 @@ def test_first_layer_parts_and_why(crosscheck, case):
   # PyTorch's order, written in XLA, gives PyTorch's bits.
   kc = torch_first[0]
   reformulated = np.asarray(jax.jit(
-      lambda a, k, c: crosscheck.torch_order_dense(a, k, c, kc))(x, w, b))
+      lambda a, k, c: layers.bias_first_dense(a, k, c, kc, 'highest'))(x, w, b))
   np.testing.assert_array_equal(reformulated, z_torch)
 
 
@@ -140,7 +143,7 @@ def test_hidden_layer_same_bias_rule(crosscheck, case):
   assert torch_first
   kc = torch_first[0]
   reformulated = np.asarray(jax.jit(
-      lambda a, k, c: crosscheck.torch_order_dense(a, k, c, kc))(h, w, b))
+      lambda a, k, c: layers.bias_first_dense(a, k, c, kc, 'highest'))(h, w, b))
   np.testing.assert_array_equal(reformulated, z_torch)
 
 

@@ -19,7 +19,7 @@ import pytest
 
 import jaxkink
 from jaxkink import models
-from jaxkink.models.layers import hard_sigmoid, hard_swish
+from jaxkink.models.layers import bias_first_dense, hard_sigmoid, hard_swish
 from conftest import assert_bits_equal, assert_close_ulps, ulp_distance
 
 KINKS = jaxkink.Kinks()
@@ -642,3 +642,79 @@ def test_resnet_stem_pool_geometry(monkeypatch, options, x_shape, want):
   _shapes(models.get('resnet18', stage_sizes=(1,), width=4, **options),
           x_shape)
   assert seen == [want]
+
+
+# ---------------------------------------------------------------------------
+# PyTorch's CPU summation order (``torch_order``): same thetas, other bits.
+
+# u = 0.75, v = -1, b = 0.25 + 2^-25 (float32). Every product is exact, so
+# only the order of the additions matters: XLA's (u + v) + b = 2^-25, the
+# bias first (b + u) + v = 1 - 1 = 0 (b + u rounds to 1: 2^-25 is below half
+# an ulp of 1).
+_B = np.float32(0.25 + 2.0 ** -25)
+
+
+def test_bias_first_dense_order_on_a_hand_case():
+  x = jnp.ones((1, 2), jnp.float32)
+  w = jnp.array([[0.75], [-1.0]], jnp.float32)
+  b = jnp.array([_B])
+  native = nn.Dense(1).apply({'params': {'kernel': w, 'bias': b}}, x)
+  assert float(native[0, 0]) == 2.0 ** -25
+  blocked = bias_first_dense(x, w, b, 1)
+  assert float(blocked[0, 0]) == 0.0
+  # One block of all of K: the bias first, then the (exact) product.
+  assert float(bias_first_dense(x, w, b, 2)[0, 0]) == 2.0 ** -25
+  # Without a bias the blocks start the sum.
+  assert float(bias_first_dense(x, w, None, 1)[0, 0]) == -0.25
+  with pytest.raises(ValueError, match='block'):
+    bias_first_dense(x, w, b, 0)
+
+
+def test_torch_order_draws_the_same_thetas():
+  x = jnp.zeros((1, 784), jnp.float32)
+  native = models.get('mlp_reference').init(jax.random.key(3), x, KINKS)
+  torch = models.get('mlp_reference_torch').init(jax.random.key(3), x, KINKS)
+  assert jax.tree.structure(native) == jax.tree.structure(torch)
+  for a, b in zip(jax.tree.leaves(native), jax.tree.leaves(torch)):
+    assert_bits_equal(a, b)
+  assert models.get('mlp_reference_torch').torch_order == ('784:192',
+                                                          '256:128')
+  assert models.get('mlp', torch_order='784:192,256:128').torch_order == (
+      '784:192', '256:128')
+
+
+def test_torch_order_puts_a_kink_where_xla_has_none():
+  """The hand case as a hidden layer: in PyTorch's order the pre-activation
+  is an exact 0, so ReLU'(0) = 0 and 1 give other input gradients; in XLA's
+  order it is 2^-25 and they agree."""
+  params = {'Dense_0': {'kernel': jnp.array([[0.75], [-1.0]]),
+                        'bias': jnp.array([_B])},
+            'Dense_1': {'kernel': jnp.ones((1, 1)), 'bias': jnp.zeros(1)}}
+  x = jnp.ones((1, 2), jnp.float32)
+
+  def input_grad(model, s):
+    return jax.grad(lambda v: model.apply({'params': params}, v,
+                                          jaxkink.Kinks(relu_s=s)).sum())(x)
+  native = models.get('mlp', widths=(1, 1))
+  torch = models.get('mlp', widths=(1, 1), torch_order=('2:1',))
+  np.testing.assert_array_equal(input_grad(native, 0.0),
+                                input_grad(native, 1.0))
+  np.testing.assert_array_equal(input_grad(torch, 0.0), [[0.0, 0.0]])
+  np.testing.assert_array_equal(input_grad(torch, 1.0), [[0.75, -1.0]])
+
+
+@pytest.mark.parametrize('order, match', [
+    (('784:0',), 'positive integers'),
+    (('784',), 'K:kc'),
+    (('784:192', (784, 128)), 'each fan-in K once'),
+])
+def test_torch_order_bad_entries(order, match):
+  with pytest.raises(ValueError, match=match):
+    models.get('mlp', torch_order=order)
+
+
+def test_torch_order_missing_fan_in():
+  model = models.get('mlp', torch_order=('784:192',))
+  with pytest.raises(ValueError, match='fan-in 256 of hidden layer 1'):
+    jax.eval_shape(model.init, jax.random.key(0),
+                   jax.ShapeDtypeStruct((1, 784), jnp.float32), KINKS)

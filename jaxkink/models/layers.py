@@ -86,16 +86,24 @@ class Layers:
     return cls(**values)
 
   def dense(self, x: Array, features: int, *, use_bias: bool = True,
-            name: str | None = None) -> Array:
-    """A dense layer over the last axis of ``x``."""
+            block: int | None = None, name: str | None = None) -> Array:
+    """A dense layer over the last axis of ``x``.
+
+    ``block=None`` is flax's ``nn.Dense`` (XLA's ``dot`` then ``+ b``); an
+    integer gives a :class:`BiasFirstDense` with the same parameters, summed
+    in PyTorch's CPU order (:func:`bias_first_dense`).
+    """
     fan_in = x.shape[-1]
-    return nn.Dense(
-        features, use_bias=use_bias, dtype=self.dtype,
-        param_dtype=self.param_dtype, precision=self.precision,
+    common = dict(
+        use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
+        precision=self.precision,
         kernel_init=initializers.kernel_init(self.init_scheme, 'dense',
                                              fan_in, features),
         bias_init=initializers.bias_init(self.init_scheme, 'dense', fan_in),
-        name=name)(x)
+        name=name)
+    if block is None:
+      return nn.Dense(features, **common)(x)
+    return BiasFirstDense(features, block, **common)(x)
 
   def conv(self, x: Array, features: int, kernel_size: int | Sequence[int],
            *, strides: int = 1, padding: int = 0, groups: int = 1,
@@ -148,6 +156,80 @@ class Layers:
       return x
     window, strides, pad = spec
     return kinks.max_pool(x, window, strides, ((pad, pad), (pad, pad)))
+
+
+def bias_first_dense(x: Array, kernel: Array, bias: Array | None,
+                     block: int, precision: Any = None) -> Array:
+  """``b + x[:, :k] @ W[:k] + x[:, k:2k] @ W[k:2k] + ...``, left to right.
+
+  PyTorch's CPU ``nn.Linear`` (``addmm``: MKL sgemm with ``beta = 1`` on
+  ``C = b``) starts from the bias and adds the product's K-blocks to it, each
+  block an FMA chain from zero; XLA's ``x @ W + b`` is one chain over all of
+  K with the bias added last. The two round differently, and where a
+  pre-activation is an exact zero depends on the last addition (BUILD_NOTES,
+  issue 13). This function is XLA computing PyTorch's order: every block is
+  one ``dot`` (one chain on the CPU for the Table-1 shapes) and XLA does not
+  reassociate the additions. On the 2-core AMD EPYC (AVX2) machine of issue
+  13 with torch 2.13 (MKL, one thread), ``block=192`` for K = 784 and 128
+  for K = 256 gave PyTorch's pre-activations bit for bit; the block size is
+  MKL's choice for a CPU, a shape and a thread count, not a constant:
+  check it with ``benchmarks/crosscheck_torch.py``.
+
+  Args:
+    x: ``(..., K)`` inputs.
+    kernel: ``(K, N)``.
+    bias: ``(N,)`` or None (then the first block starts the sum).
+    block: the K-block size, ``>= 1``.
+    precision: ``jax.lax`` matmul precision of each block.
+
+  Returns:
+    ``(..., N)``.
+
+  Raises:
+    ValueError: for ``block < 1``.
+  """
+  if block < 1:
+    raise ValueError(f'block must be >= 1, got {block}')
+  k_total = x.shape[-1]
+  z = None if bias is None else jnp.broadcast_to(
+      bias, x.shape[:-1] + bias.shape)
+  for start in range(0, k_total, block):
+    stop = min(k_total, start + block)
+    part = jnp.dot(x[..., start:stop], kernel[start:stop],
+                   precision=precision)
+    z = part if z is None else z + part
+  return z
+
+
+class BiasFirstDense(nn.Module):
+  """``nn.Dense``'s parameters (names, shapes, initialisers: the same draws
+  from the same keys), summed as PyTorch's CPU ``addmm``
+  (:func:`bias_first_dense`).
+
+  Attributes:
+    features: output size.
+    block: the K-block size.
+    (and ``nn.Dense``'s ``use_bias``, ``dtype``, ``param_dtype``,
+    ``precision``, ``kernel_init``, ``bias_init``)
+  """
+  features: int
+  block: int
+  use_bias: bool = True
+  dtype: Any = None
+  param_dtype: Any = jnp.float32
+  precision: Any = None
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros_init()
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param('kernel', self.kernel_init,
+                        (x.shape[-1], self.features), self.param_dtype)
+    bias = (self.param('bias', self.bias_init, (self.features,),
+                       self.param_dtype) if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias,
+                                              dtype=self.dtype)
+    return bias_first_dense(x, kernel, bias, self.block, self.precision)
 
 
 def dropout(x: Array, rate: float, train: bool) -> Array:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 
@@ -42,15 +42,27 @@ class MLP(KinkedModule):
       activation); False makes it the identity.
     relu_after_first: False leaves the first hidden layer without activation
       (dropout and batch norm still apply), as the reference notebook does.
+    torch_order: empty (the default): every dense layer is flax's
+      ``nn.Dense``, XLA's one FMA chain then ``+ b``. Otherwise the K-block
+      size of PyTorch's CPU ``addmm`` per fan-in, as ``'K:kc'`` strings or
+      ``(K, kc)`` pairs, e.g. ``('784:192', '256:128')`` (registry name
+      ``'mlp_reference_torch'``): each hidden dense layer is then summed in
+      PyTorch's order, bias first (:func:`~jaxkink.models.layers.
+      bias_first_dense`), with the same parameters, so the same thetas. The
+      output layer stays ``nn.Dense`` (for 10 outputs PyTorch adds the bias
+      after the product, in an order not identified; no kink reads it). A
+      hidden fan-in missing from the list is an error.
     (and the shared keyword-only options of :class:`KinkedModule`)
   """
   widths: Sequence[int] = (256, 256, 256, 10)
   dropout: float = 0.0
   relu_after_first: bool = True
+  torch_order: Sequence[Any] = ()
 
   def __post_init__(self):
     if not self.widths:
       raise ValueError('MLP needs at least one width (the output layer)')
+    torch_blocks(self.torch_order)  # checks the entries early
     super().__post_init__()
 
   @nn.compact
@@ -68,10 +80,41 @@ class MLP(KinkedModule):
     """
     layers = Layers.of(self)
     x = flatten(x)
+    blocks = torch_blocks(self.torch_order)
     for i, width in enumerate(self.widths[:-1]):
-      x = layers.dense(x, width)
+      if blocks:
+        if x.shape[-1] not in blocks:
+          raise ValueError(
+              f'torch_order={tuple(self.torch_order)!r} has no block size '
+              f'for the fan-in {x.shape[-1]} of hidden layer {i}')
+        x = layers.dense(x, width, block=blocks[x.shape[-1]],
+                         name=f'Dense_{i}')
+      else:
+        x = layers.dense(x, width)
       x = layers.norm(x, train)
       if i > 0 or self.relu_after_first:
         x = layers.act(x, kinks)
       x = dropout(x, self.dropout, train)
-    return layers.dense(x, self.widths[-1])
+    last = f'Dense_{len(self.widths) - 1}' if blocks else None
+    return layers.dense(x, self.widths[-1], name=last)
+
+
+def torch_blocks(torch_order: Sequence[Any]) -> dict[int, int]:
+  """``('784:192', (256, 128))`` -> ``{784: 192, 256: 128}``, checked.
+
+  Raises:
+    ValueError: for an entry that is not ``'K:kc'`` or ``(K, kc)`` with
+      positive integers, or a fan-in given twice.
+  """
+  out: dict[int, int] = {}
+  for entry in torch_order:
+    pair = str(entry).split(':') if isinstance(entry, str) else entry
+    try:
+      k, kc = (int(v) for v in pair)
+    except (TypeError, ValueError):
+      k = kc = 0
+    if k < 1 or kc < 1 or k in out:
+      raise ValueError(f'torch_order entry {entry!r}: expected K:kc with '
+                       'positive integers, each fan-in K once, e.g. 784:192')
+    out[k] = kc
+  return out

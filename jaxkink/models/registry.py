@@ -27,6 +27,11 @@ _MODELS: dict[str, tuple[Callable[..., nn.Module], dict[str, Any]]] = {
     'mlp': (MLP, {}),
     'mlp_reference': (MLP, dict(widths=(256, 256, 256, 10),
                                 relu_after_first=False)),
+    # The same network summed in PyTorch's CPU order (MKL's K-blocks as
+    # measured in issue 13 on an AVX2 CPU with one thread).
+    'mlp_reference_torch': (MLP, dict(widths=(256, 256, 256, 10),
+                                      relu_after_first=False,
+                                      torch_order=('784:192', '256:128'))),
     'mlp_bifurcation': (MLP, dict(widths=(2000, 128, 10))),
     'mlp_relu6': (MLP, dict(widths=(4000, 256, 10), activation='relu6')),
     'mlp_2048': (MLP, dict(widths=(2048, 2048, 2048, 10))),
