@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -83,6 +84,9 @@ from jaxkink import montecarlo as mc
 from jaxkink import rundir
 from jaxkink import zones
 from jaxkink.models import layers
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_relu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 FLAGS = flags.FLAGS
 
@@ -214,52 +218,13 @@ def emulate_dense(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None,
 # The PyTorch loop.
 
 
-def torch_modules():
-  """PyTorch pieces, imported on first use (torch is optional)."""
-  import torch  # pylint: disable=g-import-not-at-top
-
-  class ReLUAssign(torch.autograd.Function):
-    """relu.py's ReLUAlphaFunction: the cotangent, 0 where x < 0, and the
-    kink value itself (not times the cotangent) where x == 0."""
-
-    @staticmethod
-    def forward(ctx, x, s):
-      ctx.save_for_backward(x)
-      ctx.s = s
-      return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-      (x,) = ctx.saved_tensors
-      gi = g.clone()
-      gi[x < 0] = 0
-      gi[x == 0] = ctx.s
-      return gi, None
-
-  class ReLUMultiply(torch.autograd.Function):
-    """ReLU'(0) = s times the cotangent (jaxkink's default rule)."""
-
-    @staticmethod
-    def forward(ctx, x, s):
-      ctx.save_for_backward(x)
-      ctx.s = s
-      return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-      (x,) = ctx.saved_tensors
-      return g * ((x > 0).to(g.dtype) + ctx.s * (x == 0).to(g.dtype)), None
-
-  return torch, ReLUAssign, ReLUMultiply
-
-
 class TorchNet:
   """The notebook's MLP as a list of ``torch.nn.Linear`` with the ReLUs of
   ``relu_after``; ``forward`` also returns the pre-activations."""
 
   def __init__(self, params: dict[str, Any], relu_after: Sequence[bool],
                s: float, assign: bool):
-    torch, relu_assign, relu_multiply = torch_modules()
+    torch, relu_assign, relu_multiply = torch_relu.torch_modules()
     self.torch = torch
     self.relu = relu_assign if assign else relu_multiply
     self.s = float(s)
@@ -383,7 +348,7 @@ def diagnose_layer(h: np.ndarray, w: np.ndarray, b: np.ndarray,
                    ) -> dict[str, float]:
   """One layer's own arithmetic on one input ``h`` (PyTorch's activation),
   in XLA, PyTorch, NumPy and float64, and against the emulated orders."""
-  torch, _, _ = torch_modules()
+  torch, _, _ = torch_relu.torch_modules()
   th, tw = torch.from_numpy(h), torch.from_numpy(np.ascontiguousarray(w.T))
   tb = torch.from_numpy(b)
   z_torch = torch.nn.functional.linear(th, tw, tb).numpy()
@@ -489,7 +454,7 @@ class Runner:
             diag_batches: int, emulate_rows: int, log,
             torch_screen: bool = False) -> dict[str, Any]:
     """Records of chunk ``c``: arrays with leading axes (thetas, batches)."""
-    torch, _, _ = torch_modules()
+    torch, _, _ = torch_relu.torch_modules()
     eng = _engine_chunk(self.engine, c, xs, ys, tail)
     out = {f'jax_{k}': v for k, v in eng.items()}
     indices = list(range(c * self.engine.chunk,
@@ -726,7 +691,7 @@ def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   try:
-    torch, _, _ = torch_modules()
+    torch, _, _ = torch_relu.torch_modules()
   except ImportError as e:
     raise cli.UsageValueError('PyTorch is needed: pip install -e .[bench]'
                               ) from e

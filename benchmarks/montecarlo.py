@@ -24,6 +24,8 @@ Run::
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from typing import Sequence
 
@@ -39,6 +41,9 @@ from jaxkink import data as data_lib
 from jaxkink import models
 from jaxkink import montecarlo as mc
 from jaxkink import rundir
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import torch_relu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory (default: '
                                 '$JAXKINK_DATA_DIR, else the bundled sample).')
@@ -108,23 +113,9 @@ def engine_rate(screen: bool, xs, ys, samples: int, chunk: int,
 
 
 def torch_rate(images: np.ndarray, labels: np.ndarray, samples: int) -> float:
-  """The reference notebook's loop, in PyTorch on the CPU."""
-  import torch  # pylint: disable=g-import-not-at-top
-
-  class ReLU(torch.autograd.Function):
-    """ReLU with ReLU'(0) = s (multiplying the cotangent)."""
-
-    @staticmethod
-    def forward(ctx, x, s):
-      ctx.save_for_backward(x)
-      ctx.s = s
-      return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, g):
-      (x,) = ctx.saved_tensors
-      d = (x > 0).to(g.dtype) + ctx.s * (x == 0).to(g.dtype)
-      return g * d, None
+  """The reference notebook's loop, in PyTorch on the CPU (ReLU'(0) = s
+  times the cotangent)."""
+  torch, _, relu = torch_relu.torch_modules()
 
   def net(s):
     sizes = (784,) + WIDTHS
@@ -133,7 +124,7 @@ def torch_rate(images: np.ndarray, labels: np.ndarray, samples: int) -> float:
       for i, layer in enumerate(layers):
         x = layer(x)
         if i < len(layers) - 1:
-          x = ReLU.apply(x, s)
+          x = relu.apply(x, s)
       return x
     return layers, f
 
