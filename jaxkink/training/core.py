@@ -347,9 +347,11 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   Args:
     shared_batch: False (default) gives every member its own copy of its
       seed's minibatch (one ``vmap`` over members, every input batched).
-      Then each member computes exactly what a separately jitted
-      single-member training computes, bit for bit on the CPU for dense
-      layers. True vmaps over kinks with the minibatch unbatched (nested in
+      Each member then computes the operations a separately jitted
+      single-member training computes, on inputs of one member's shapes;
+      whether XLA picks the same kernels for the batched program is not
+      guaranteed (measured bit for bit for dense layers on the CPUs of
+      issue 8, not on every CPU). True vmaps over kinks with the minibatch unbatched (nested in
       a vmap over seeds): XLA may then merge the members' first-layer
       products into one larger product, which rounds differently from a
       single member's program (all members of the grid still share one
