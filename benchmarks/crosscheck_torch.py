@@ -658,6 +658,51 @@ def summarize(records: dict[str, np.ndarray], variant: str,
   return s
 
 
+_ARITHMETICS = (('jaxkink', 'jaxkink (XLA)'), ('torch', 'PyTorch (MKL)'),
+                ('xla_torch_order', "XLA in PyTorch's order"))
+
+
+def plot(s: dict[str, Any], path: str) -> None:
+  """Theta in S01 per arithmetic (95% Hoeffding, clipped to [0, 100%]) and
+  the exact zeros per layer, observed and predicted, XLA against PyTorch."""
+  plt = rundir.pyplot()
+  fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4),
+                                 gridspec_kw={'width_ratios': [1, 1.6]})
+  names = [(k, label) for k, label in _ARITHMETICS if k in s['theta_in_S01']]
+  for i, (k, label) in enumerate(names):
+    v = s['theta_in_S01'][k]
+    p, lo, hi = (100 * min(max(v[q], 0.0), 1.0) for q in ('p', 'low', 'high'))
+    ax0.bar(i, p, width=0.6, yerr=[[p - lo], [hi - p]], capsize=4,
+            color=f'C{i}')
+  ax0.set_xticks(range(len(names)), [label for _, label in names],
+                 rotation=15, fontsize=8)
+  ax0.set_ylabel('theta in S01 (%), 95% Hoeffding')
+  ax0.set_ylim(0, 100)
+  ax0.set_title(f"same {s['M']} thetas x {s['R']} minibatches", fontsize=9)
+  layers = list(s['exact_zeros'])
+  xs = np.arange(len(layers))
+  for j, (key, label, hatch) in enumerate((
+      ('xla', 'XLA observed', None), ('predicted_xla', 'XLA predicted', '//'),
+      ('torch', 'PyTorch observed', None),
+      ('predicted_torch', 'PyTorch predicted', '//'))):
+    ax1.bar(xs + (j - 1.5) * 0.2, [s['exact_zeros'][n][key] for n in layers],
+            width=0.2, label=label, color='C0' if j < 2 else 'C1',
+            hatch=hatch, alpha=0.6 if hatch else 1.0)
+  relu = [' (ReLU)' if s['exact_zeros'][n]['relu_after'] else ''
+          for n in layers]
+  ax1.set_xticks(xs, [n + r for n, r in zip(layers, relu)], fontsize=8)
+  ax1.set_xlabel('linear layer (pre-activations)')
+  ax1.set_ylabel('exact zeros over all pairs')
+  ax1.legend(fontsize=8)
+  ax1.set_title('exact zeros per layer (predicted: the rounding model)',
+                fontsize=9)
+  fig.suptitle(f"Table 1 {s['variant']} network, float32, jaxkink vs the "
+               "authors' PyTorch loop, weight for weight", fontsize=10)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _load_chunk(path: str) -> dict[str, np.ndarray] | None:
   try:
     with np.load(path, allow_pickle=False) as f:
@@ -776,6 +821,7 @@ def main(argv: Sequence[str]) -> None:
   print(_format(summary))
   if out:
     rundir.write_json(os.path.join(out, 'summary.json'), summary)
+    plot(summary, os.path.join(out, 'crosscheck.png'))
 
 
 if __name__ == '__main__':
