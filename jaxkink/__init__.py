@@ -8,7 +8,8 @@ through a model, kink-hit counters, and precision policies; the subpackages
 ``montecarlo`` (the Monte Carlo volume engine), ``zones`` (its summaries
 with confidence intervals), ``rundir`` (run directories that prove their
 settings) and ``training`` (grids of seeds x kink values
-trained as one vmapped program).
+trained as one vmapped program); ``kinkify`` and ``audit`` take programs
+written without jaxkink (plain ``jax.nn`` / flax / ``jnp``).
 
 Only the names below are public API; modules whose names start with an
 underscore are not.
@@ -25,11 +26,15 @@ from jaxkink.activations import leaky_relu
 from jaxkink.activations import random_kink_relu
 from jaxkink.activations import relu
 from jaxkink.activations import relu6
+from jaxkink.audit import AuditRecord
+from jaxkink.audit import AuditReport
+from jaxkink.audit import audit
 from jaxkink.hits import KinkHits
 from jaxkink.hits import TapedKinks
 from jaxkink.hits import pool_hits
 from jaxkink.hits import relu6_hits
 from jaxkink.hits import relu_hits
+from jaxkink.kinkify import kinkify
 from jaxkink.kinks import Kinks
 from jaxkink.pooling import max_pool
 from jaxkink.pooling import pool_output_shape
@@ -41,13 +46,17 @@ from jaxkink.precision import policies_for_program
 __version__ = '0.1.0'
 
 __all__ = (
+    'AuditRecord',
+    'AuditReport',
     'KinkHits',
     'Kinks',
     'POLICIES',
     'Policy',
     'TapedKinks',
+    'audit',
     'data',
     'get_policy',
+    'kinkify',
     'leaky_relu',
     'lockstep',
     'max_pool',
