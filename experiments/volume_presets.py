@@ -96,6 +96,15 @@ def _mlp(widths) -> dict[str, Any]:
   return dict(model='mlp', model_opt=(f'widths={",".join(map(str, widths))}',))
 
 
+def widths_of(model_opt) -> tuple[int, ...] | None:
+  """The ``widths=`` option of a run's ``model_opt``, as integers."""
+  for opt in model_opt:
+    key, _, value = opt.partition('=')
+    if key == 'widths':
+      return tuple(int(v) for v in value.split(','))
+  return None
+
+
 # deel-ai/relu-prime, notebooks/MNIST_volume_estimation.ipynb, the cell that
 # writes norm_diff_estimation_MNIST.csv (cell 6): ``nb_experiments = 1000``,
 # then ``if precision == 64: nb_experiments = 10``.
@@ -212,6 +221,64 @@ def _tmlr_table4() -> tuple[Run, ...]:
   return tuple(runs)
 
 
+# deel-ai/relu-prime, notebooks/volume_estimation_by_architecture.ipynb
+# (Figure 2's width, depth and batch-size panels; BUILD_NOTES.md, issue 13):
+# get_mlp_network puts a ReLU after every hidden Linear (unlike Table 1's
+# builder); relu.py's assigning ReLUAlpha; the test is on the first layer's
+# weight gradient; nb_experiments = 1000 for the paper (the CSV counts).
+FIG2 = dict(legacy_relu_grad=True, first_layer_only=True, dataset='mnist',
+            train_size=None, normalize=False, batch_size=256,
+            kinks='relu:0,1', samples=1000)
+
+_FIG2_SCRIPT = ('deel-ai/relu-prime paper_results/section_3/'
+                'volume_estimation_by_{}_MNIST.csv (count / 1000)')
+_NO_F64 = ("the notebook's layers cell breaks before the first minibatch in "
+           '64 bits (`if precision == 64: break`): the 0 is not a '
+           'measurement')
+
+# The stored CSVs: thetas in S out of 1000, per precision, in sweep order.
+FIG2_COUNTS = {
+    'depth': ((1, 2, 3, 5, 6), 'number_of_layers', {
+        'float16': (871, 999, 1000, 1000, 1000),
+        'float32': (54, 258, 463, 647, 697),
+        'float64': (0, 0, 0, 0, 0)}),
+    'width': ((16, 64, 256, 512, 1024), 'number_of_neurons', {
+        'float16': (333, 1000, 1000, 1000, 1000),
+        'float32': (21, 163, 478, 582, 873),
+        'float64': (0, 0, 0, 0, 0)}),
+    'batch_size': ((16, 64, 256, 512, 1024), 'batch_size', {
+        'float16': (1000,) * 5,
+        'float32': (439, 453, 488, 351, 384)}),
+}
+
+
+def _fig2_paper(panel: str, precision: str, x: Any) -> Paper:
+  values, csv, counts = FIG2_COUNTS[panel]
+  k = counts[precision][values.index(x)]
+  note = _NO_F64 if panel == 'depth' and precision == 'float64' else ''
+  # The caption's +-5% is the Hoeffding margin at M = 1000 (4.3%).
+  batch = x if panel == 'batch_size' else 256
+  return Paper(f"ReLU'(0) Figure 2, {panel} {x}, {precision[5:]} bits", 1000,
+               -(-60000 // batch),
+               PaperValue(f'{k}/1000', k / 1000, 0.05, note),
+               script=_FIG2_SCRIPT.format(csv))
+
+
+def _fig2(panel: str, make) -> tuple[Run, ...]:
+  values, _, counts = FIG2_COUNTS[panel]
+  return tuple(Run(f'{panel}{v}_{p}', {**FIG2, **make(v), 'precision': p},
+                   x=v, paper=_fig2_paper(panel, p, v))
+               for v in values for p in PRECISIONS if p in counts)
+
+
+def _fig2_train_size() -> tuple[Run, ...]:
+  # MNIST_volume_estimation.ipynb cell 2: Table 1's network and loop,
+  # recording the minibatch of each theta's first difference; cell 4 draws
+  # the proportion of thetas whose first difference came by minibatch i.
+  return tuple(Run(r.label, r.flags) for r in _table1()
+               if r.label.startswith('reference_'))
+
+
 PRESETS: dict[str, Preset] = {
     'table1': Preset(
         _table1(), 'bars',
@@ -220,24 +287,48 @@ PRESETS: dict[str, Preset] = {
         "1, assigning ReLU'(0), first-layer weight gradient, M = 1000 / 1000 "
         '/ 10) and the clean one (M = 1000)'),
     'fig2_train_size': Preset(
+        _fig2_train_size(), 'curve', 'examples',
+        "ReLU'(0) Figure 2, first panel (MNIST_volume_estimation.ipynb cells "
+        "2, 4): Table 1's reference network; theta in S against the examples "
+        'seen, from one run per precision'),
+    'fig2_width': Preset(
+        _fig2('width', lambda v: _mlp((v,) * 3 + (10,))), 'sweep', 'width',
+        "ReLU'(0) Figure 2, second panel (architecture notebook): 3 hidden "
+        "layers, ReLU after each, assigning ReLU'(0), first-layer weight "
+        'gradient, varying the width'),
+    'fig2_depth': Preset(
+        _fig2('depth', lambda v: _mlp((256,) * v + (10,))), 'sweep', 'depth',
+        "ReLU'(0) Figure 2, third panel (architecture notebook): width 256, "
+        'varying the depth'),
+    'fig2_batch_size': Preset(
+        _fig2('batch_size', lambda v: {**_mlp((256,) * 3 + (10,)),
+                                       'batch_size': v}),
+        'sweep', 'batch_size',
+        "ReLU'(0) Figure 2, fourth panel (architecture notebook): 3x256, "
+        'varying the minibatch size, 16 and 32 bits'),
+    # Our corrected setting (multiplying rule, full gradient), at the values
+    # the caption suggests.
+    'fig2_train_size_clean': Preset(
         _sweep('train_size', (1000, 5000, 10000, 30000, 60000),
                lambda v: {**_mlp((256,) * 4 + (10,)), 'train_size': v}),
         'sweep', 'train_size',
-        "ReLU'(0) Figure 2, first panel: 4 hidden layers of 256, varying the "
-        'training-set size'),
-    'fig2_width': Preset(
+        "ReLU'(0) Figure 2, first panel, clean: 4 hidden layers of 256, "
+        'varying the training-set size'),
+    'fig2_width_clean': Preset(
         _sweep('width', (16, 32, 64, 128, 256, 512, 1024),
                lambda v: _mlp((v,) * 3 + (10,))), 'sweep', 'width',
-        "ReLU'(0) Figure 2, second panel: 3 hidden layers, varying the width"),
-    'fig2_depth': Preset(
+        "ReLU'(0) Figure 2, second panel, clean: 3 hidden layers, varying "
+        'the width'),
+    'fig2_depth_clean': Preset(
         _sweep('depth', (1, 2, 3, 4, 5, 6),
                lambda v: _mlp((256,) * v + (10,))), 'sweep', 'depth',
-        "ReLU'(0) Figure 2, third panel: width 256, varying the depth"),
-    'fig2_batch_size': Preset(
+        "ReLU'(0) Figure 2, third panel, clean: width 256, varying the depth"),
+    'fig2_batch_size_clean': Preset(
         _sweep('batch_size', (16, 32, 64, 128, 256, 512),
                lambda v: {**_mlp((256,) * 3 + (10,)), 'batch_size': v}),
         'sweep', 'batch_size',
-        "ReLU'(0) Figure 2, fourth panel: 3x256, varying the minibatch size"),
+        "ReLU'(0) Figure 2, fourth panel, clean: 3x256, varying the "
+        'minibatch size'),
     'fig5_vgg_resnet': Preset(
         _vgg_resnet_bn(), 'bars',
         description="ReLU'(0) Figures 5 and 16: VGG11 and ResNet18 on "

@@ -228,3 +228,40 @@ MKPLOT_HEADER = ('| setting | M | line 1: % run affected | line 2: % '
                  'minibatch affected, as printed | line 3: summary(diff_L2 / '
                  'net1_L2): min / Q1 / median / mean / Q3 / max |\n'
                  '|---|---|---|---|---|')
+
+
+def first_difference_curve(differs: Any, batch_sizes: Any,
+                           alpha: float = 0.05) -> dict[str, np.ndarray]:
+  """The proportion of thetas with a difference within the first examples.
+
+  For each r = 1..R: the thetas whose first r minibatches hold at least one
+  impacted pair, against the examples those minibatches hold. This is the
+  sample-size panel of ReLU'(0) Figure 2 (``MNIST_volume_estimation.ipynb``
+  cells 2 and 4: each theta runs until its first difference and
+  ``prepare_volume_plot`` draws the proportion that stopped by minibatch i;
+  it puts minibatch i at ``i x batch size`` with i from 0, one minibatch
+  earlier than here). On data in a fixed order it equals separate runs on
+  the first ``examples[r - 1]`` examples.
+
+  Args:
+    differs: ``(M, R)`` booleans, the pairs' ``differs`` records.
+    batch_sizes: the R minibatch sizes (the last one may be partial).
+    alpha: risk of the two-sided Hoeffding interval, clipped to [0, 1].
+
+  Returns:
+    ``examples`` ``(R,)``, ``thetas`` (counts), ``p``, ``low``, ``high``.
+
+  Raises:
+    ValueError: when ``batch_sizes`` does not give one size per minibatch.
+  """
+  d = np.asarray(differs, bool)
+  sizes = np.asarray(batch_sizes, np.int64)
+  if d.ndim != 2 or sizes.shape != (d.shape[1],):
+    raise ValueError(f'differs {d.shape} needs one minibatch size per '
+                     f'column; got {sizes.shape[0]} sizes')
+  thetas = np.logical_or.accumulate(d, axis=1).sum(axis=0)
+  p = thetas / d.shape[0]
+  margin = hoeffding_margin(d.shape[0], alpha)
+  return {'examples': np.cumsum(sizes), 'thetas': thetas, 'p': p,
+          'low': np.maximum(p - margin, 0.0),
+          'high': np.minimum(p + margin, 1.0)}
