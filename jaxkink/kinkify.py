@@ -41,9 +41,9 @@ try:  # JAX's own summary of where an equation was written; private, so guarded.
 except ImportError:  # pragma: no cover
   _source_info_util = None
 
-# Primitive names, across versions (``pjit`` was renamed ``jit``, ``remat2``
-# ``checkpoint``; ``custom_vjp_call_jaxpr`` is the older name).
-_JIT = ('jit', 'pjit', 'closed_call', 'core_call')
+# Primitive names, across versions (``pjit`` is now ``jit``; ``remat2`` may
+# become ``checkpoint``; ``custom_vjp_call_jaxpr`` is the older name).
+_JIT = ('jit', 'pjit')
 _REMAT = ('remat2', 'checkpoint', 'remat')
 _CUSTOM_VJP = ('custom_vjp_call', 'custom_vjp_call_jaxpr')
 # Ops that change neither values nor (for a uniform array) the uniform value.
@@ -166,8 +166,10 @@ def _flatten(jaxpr, invars, outvars) -> list[_Op] | None:
     outs = tuple(rename[v] if v in rename else _Local(v.aval)
                  for v in eqn.outvars)
     env.update(zip(eqn.outvars, outs))
-    if eqn.primitive.name in _JIT[:2] and not eqn.params['jaxpr'].consts:
-      sub = _flatten(eqn.params['jaxpr'].jaxpr, ins, outs)
+    sub_jaxpr, sub_consts = (_closed(eqn.params['jaxpr'])
+                             if eqn.primitive.name in _JIT else (None, ()))
+    if sub_jaxpr is not None and not sub_consts:
+      sub = _flatten(sub_jaxpr, ins, outs)
       if sub is None:
         return None
       ops.extend(sub)
@@ -227,6 +229,16 @@ class _Frame:
       self.known[a] = _uniform_value(self.consts.pop(a))  # None for a tracer
       return self.known[a]
     return None
+
+  def propagate(self, src, dst) -> None:
+    """``dst`` is ``src`` reshaped or converted: so is its uniform value."""
+    value = self.uniform(src)
+    if value is not None:
+      try:  # the value as converted (0.5 -> 0 for an integer dtype)
+        value = float(np.asarray(value).astype(dst.aval.dtype))
+      except Exception:  # pylint: disable=broad-except
+        return
+      self.known[dst] = value
 
   def is_zero(self, a) -> bool:
     v = self.uniform(a)
@@ -308,7 +320,8 @@ class _Interpreter:
   # ---------------------------------------------------------------- driving
 
   def eval_closed(self, closed, args, path='', known=None):
-    return self.eval_jaxpr(closed.jaxpr, closed.consts, args, path, known)
+    jaxpr, consts = _closed(closed)
+    return self.eval_jaxpr(jaxpr, consts, args, path, known)
 
   def eval_jaxpr(self, jaxpr, consts, args, path='', known=None):
     frame = _Frame(path, known)
@@ -335,7 +348,8 @@ class _Interpreter:
   # ------------------------------------------------------- what to recurse
 
   def touches(self, jaxpr) -> bool:
-    """Whether ``jaxpr`` holds anything to replace or measure."""
+    """Whether ``jaxpr`` (open or closed) holds anything to replace or measure."""
+    jaxpr = _closed(jaxpr)[0]
     key = id(jaxpr)
     if key not in self._touch_cache:
       self._touch_cache[key] = (jaxpr, self._touches(jaxpr))
@@ -361,13 +375,13 @@ class _Interpreter:
 
   def _eqn(self, eqn, invals, frame: _Frame, path: str):
     name = eqn.primitive.name
-    if name in _JIT[:2]:
+    if name in _JIT:
       return self._jit(eqn, invals, frame, path)
     if name == 'custom_jvp_call':
       kind = _match_custom_jvp(eqn)
       if kind is not None:
         x = invals[0]
-        return [self._kink(kind, eqn, path, {'x': x}, frame,
+        return [self._kink(kind, eqn, path, {'x': x},
                            lambda k: getattr(k, kind)(x),
                            lambda: _bind(eqn, invals)[0])]
       return _bind(eqn, invals)
@@ -377,7 +391,7 @@ class _Interpreter:
         xi = 0 if frame.is_zero(b) else 1
         x = invals[xi]
         if eqn.invars[xi].aval.shape == eqn.outvars[0].aval.shape:
-          out = self._kink('relu', eqn, path, {'x': x}, frame,
+          out = self._kink('relu', eqn, path, {'x': x},
                            lambda k: k.relu(x), lambda: _bind(eqn, invals)[0])
           if self.measure is not None:
             frame.relu_records[eqn.outvars[0]] = self.records[-1]
@@ -391,7 +405,7 @@ class _Interpreter:
           del self.records[next(i for i, r in enumerate(self.records)
                                 if r is record)]
         xv = frame.read(x)
-        return [self._kink('relu6', eqn, path, {'x': xv}, frame,
+        return [self._kink('relu6', eqn, path, {'x': xv},
                            lambda k: k.relu6(xv),
                            lambda: _bind(eqn, invals)[0])]
     if name == 'select_n':
@@ -404,16 +418,15 @@ class _Interpreter:
       if geom is not None:
         x = invals[0]
         return [self._kink('max_pool', eqn, path, {'x': x, 'geom': geom},
-                           frame, lambda k: _kinked_pool(k, x, geom),
+                           lambda k: _kinked_pool(k, x, geom),
                            lambda: _bind(eqn, invals)[0])]
     if name in NONSMOOTH:
       return self._left_alone(eqn, invals, frame, path)
-    if name == 'scan' and self.touches(eqn.params['jaxpr'].jaxpr):
+    if name == 'scan' and self.touches(eqn.params['jaxpr']):
       return self._scan(eqn, invals, frame, path)
-    if name == 'cond' and any(self.touches(b.jaxpr)
-                              for b in eqn.params['branches']):
+    if name == 'cond' and any(self.touches(b) for b in eqn.params['branches']):
       return self._cond(eqn, invals, path)
-    if name == 'while' and self.touches(eqn.params['body_jaxpr'].jaxpr):
+    if name == 'while' and self.touches(eqn.params['body_jaxpr']):
       return self._while(eqn, invals, path)
     if name in _REMAT and self.touches(eqn.params['jaxpr']):
       return self._remat(eqn, invals, path)
@@ -421,14 +434,11 @@ class _Interpreter:
       return self._shard_map(eqn, invals, path)
     outs = _bind(eqn, invals)
     if name in _PASS_CONST:
-      value = frame.uniform(eqn.invars[0])
-      if value is not None:
-        frame.known[eqn.outvars[0]] = value
+      frame.propagate(eqn.invars[0], eqn.outvars[0])
     return outs
 
-  def _kink(self, kind, eqn, path, operands, frame, replace, original):
+  def _kink(self, kind, eqn, path, operands, replace, original):
     """A recognised kink: replaced when kinks are given, measured if asked."""
-    del frame
     x = operands['x']
     site = Site(kind, eqn.primitive.name, self.where_of(eqn, path), path,
                 tuple(jnp.shape(x)), True)
@@ -496,7 +506,7 @@ class _Interpreter:
     else:
       return None
     xv, sv = frame.read(x), frame.read(slope)
-    return [self._kink('leaky_relu', eqn, path, {'x': xv}, frame,
+    return [self._kink('leaky_relu', eqn, path, {'x': xv},
                        lambda k: k.leaky_relu(xv, sv),
                        lambda: _bind(eqn, invals)[0])]
 
@@ -536,9 +546,10 @@ class _Interpreter:
 
   def _jit(self, eqn, invals, frame, path):
     closed = eqn.params['jaxpr']
+    jaxpr, consts = _closed(closed)
     flat = None
-    if not closed.consts:
-      flat = _flatten(closed.jaxpr, tuple(eqn.invars), tuple(eqn.outvars))
+    if not consts:
+      flat = _flatten(jaxpr, tuple(eqn.invars), tuple(eqn.outvars))
     if (flat is not None and len(flat) <= _INLINE_MAX
         and all(op.name in _INLINE for op in flat)):
       # A small jit of exactly rounded operations (jnp.where, jnp.clip,
@@ -557,9 +568,9 @@ class _Interpreter:
         for v, o in zip(op.outvars, outs):
           frame.env[v] = o
       return [frame.read(v) for v in eqn.outvars]
-    if not self.touches(closed.jaxpr):
+    if not self.touches(jaxpr):
       return _bind(eqn, invals)
-    known = {v: frame.uniform(a) for v, a in zip(closed.jaxpr.invars, eqn.invars)}
+    known = {v: frame.uniform(a) for v, a in zip(jaxpr.invars, eqn.invars)}
     known = {v: u for v, u in known.items() if u is not None}
     label = f'{path}[{eqn.params.get("name", "")}]'
 
@@ -579,7 +590,7 @@ class _Interpreter:
     p = eqn.params
 
     def body(child, *a):
-      return child.eval_jaxpr(p['jaxpr'], (), a, path)
+      return child.eval_closed(p['jaxpr'], a, path)
 
     transform = lambda f: jax.checkpoint(f, prevent_cse=p['prevent_cse'],
                                          policy=p['policy'])
@@ -596,7 +607,7 @@ class _Interpreter:
 
     def f(*a):
       child.kinks = jax.tree_util.tree_unflatten(treedef, a[:n])
-      return tuple(child.eval_jaxpr(p["jaxpr"], (), a[n:], path))
+      return tuple(child.eval_closed(p['jaxpr'], a[n:], path))
 
     kwargs = {}
     if 'newly_manual_axes' in p:
@@ -610,11 +621,11 @@ class _Interpreter:
 
   def _scan(self, eqn, invals, frame, path):
     p = eqn.params
-    nc, nk = p['num_consts'], p['num_carry']
-    consts, init, xs = invals[:nc], invals[nc:nc + nk], invals[nc + nk:]
+    consts, init, xs = _scan_operands(p, invals)
+    nc, nk = len(consts), len(init)
     closed = p['jaxpr']
     known = {v: frame.uniform(a) for v, a in
-             zip(closed.jaxpr.invars[:nc], eqn.invars[:nc])}
+             zip(_closed(closed)[0].invars[:nc], eqn.invars[:nc])}
     known = {v: u for v, u in known.items() if u is not None}
     child = self.child(self.where_of(eqn, path))
     sites = []
@@ -685,6 +696,25 @@ class _Interpreter:
     return list(outs)
 
 
+def _scan_operands(params: dict, invals):
+  """``(consts, carry, xs)`` of a scan equation, in any JAX version.
+
+  Up to JAX 0.10 a scan counts its constants and carries (``num_consts``,
+  ``num_carry``); later ones describe the operands with a flat tree
+  (``ft_in``).
+  """
+  if 'ft_in' in params:
+    consts, carry, xs = params['ft_in'].update(list(invals)).unpack()
+    return list(consts), list(carry), list(xs)
+  nc, nk = params['num_consts'], params['num_carry']
+  return invals[:nc], invals[nc:nc + nk], invals[nc + nk:]
+
+
+def _closed(jaxpr):
+  """``(jaxpr, consts)`` of a ClosedJaxpr, or of an open Jaxpr."""
+  return getattr(jaxpr, 'jaxpr', jaxpr), tuple(getattr(jaxpr, 'consts', ()))
+
+
 # ------------------------------------------------------- measured records
 
 
@@ -718,11 +748,10 @@ def _match_custom_jvp(eqn) -> str | None:
   """``'relu'`` / ``'relu6'`` for a custom_jvp call of one float input whose
   body is ``max(x, 0)`` / ``min(max(x, 0), 6)`` (``jax.nn.relu`` / ``relu6``).
   """
-  closed = eqn.params['call_jaxpr']
-  if (closed.consts or len(eqn.invars) != 1 or len(eqn.outvars) != 1
+  jaxpr, consts = _closed(eqn.params['call_jaxpr'])
+  if (consts or len(eqn.invars) != 1 or len(eqn.outvars) != 1
       or not _is_float(eqn.invars[0])):
     return None
-  jaxpr = closed.jaxpr
   ops = _flatten(jaxpr, tuple(jaxpr.invars), tuple(jaxpr.outvars))
   if not ops:
     return None
@@ -842,11 +871,13 @@ def kinkify(fn: Callable, *, warn: bool = False) -> Callable:
   Examples:
     >>> import jax, jax.numpy as jnp, jaxkink
     >>> f = lambda x: jax.nn.relu(x).sum() + jnp.maximum(x, 0.).sum()
+    >>> jax.grad(f)(jnp.zeros(2))  # jax.nn.relu'(0) = 0, max's tie: 0.5
+    Array([0.5, 0.5], dtype=float32)
     >>> fk = jaxkink.kinkify(f)
-    >>> jax.grad(fk, argnums=1)(jaxkink.Kinks(relu_s=0.25), jnp.zeros(2))
-    Array([0.5, 0.5], dtype=float32)
-    >>> jax.grad(f)(jnp.zeros(2))  # jax.nn.relu'(0) = 0, max's tie 0.5
-    Array([0.5, 0.5], dtype=float32)
+    >>> jax.grad(fk, argnums=1)(jaxkink.Kinks(relu_s=1.0), jnp.zeros(2))
+    Array([2., 2.], dtype=float32)
+    >>> jax.jit(fk)(jaxkink.Kinks(relu_s=1.0), jnp.array([-1.0, 2.0]))
+    Array(4., dtype=float32)
   """
   warned = set() if warn else None
 

@@ -13,15 +13,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_readme_python_blocks_run(monkeypatch):
   with open(os.path.join(ROOT, 'README.md')) as f:
     blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
-  assert len(blocks) == 3, 'README: tour, models and data blocks expected'
+  assert len(blocks) == 4, 'README: tour, models, data, kinkify blocks expected'
   monkeypatch.chdir(ROOT)  # the data block names ../shared/data
   namespace = {}
-  tour, models, data = blocks
+  tour, models, data, kinkify = blocks
   exec(compile(tour, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert float(namespace['grads'][1]) == 0.5
   assert namespace['kinks'].pool_beta == 1.0
   exec(compile(models, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['logits'].shape == (1, 10)
+  exec(compile(kinkify, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  conv = namespace['grads']['params']['Conv_0']['bias']  # every ReLU at 0
+  assert not conv[0].any() and conv[1].any()
+  report = namespace['report']
+  assert [r.kind for r in report] == ['relu', 'max_pool']
+  assert report[0].hits == 28 * 28 * 8 and 'max_pool' in str(report)
   if not os.path.isdir(os.path.join(ROOT, '..', 'shared', 'data', 'mnist')):
     pytest.skip('../shared/data/mnist is absent: the data block reads it')
   exec(compile(data, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
