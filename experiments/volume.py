@@ -419,8 +419,13 @@ def _paper_interval(value: volume_presets.PaperValue) -> dict[str, float]:
 
 
 def plot(preset: volume_presets.Preset | None, runs, summaries,
-         out: str, title: str = '') -> None:
-  """The preset's figure: bars, a sweep, or histograms of D.
+         out: str, title: str = '',
+         headers: Sequence[dict[str, Any]] = ()) -> None:
+  """The preset's figure: bars, a sweep, a curve, or histograms of D.
+
+  ``curve`` (ReLU'(0) Figure 2's sample-size panel) draws, per run, the
+  proportion of thetas with a difference within the first examples, from
+  the records and the runs' ``headers`` (:func:`run_header`).
 
   Intervals are clipped to [0, 100%]; paper values (``Run.paper``) are drawn
   as markers beside ours.
@@ -444,18 +449,26 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
       ax.set_xlabel('log10 D (L1 backprop variation), D > 0')
     axes[0][0].set_ylabel('(theta, minibatch) pairs')
   elif kind == 'sweep':
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for p in volume_presets.PRECISIONS:
-      pts = [(r.x, s['theta_in_zone']) for r, s in zip(runs, summaries)
-             if r.flags['precision'] == p]
-      if pts:
-        ax.errorbar([a for a, _ in pts], [100 * z['p'] for _, z in pts],
-                    yerr=_clipped_err([z for _, z in pts]), marker='o',
-                    capsize=3, label=p)
-    ax.set_xlabel(preset.x)
-    ax.set_ylabel('theta in S (%), 95% Hoeffding')
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    _sweep_panel(ax, preset.x, runs, summaries)
+  elif kind == 'curve':
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for i, run in enumerate(runs):
+      rec = montecarlo.load_records(os.path.join(out, run.label),
+                                    -(-run.flags['samples']
+                                      // run.flags['chunk']))
+      h = headers[i]
+      sizes = [h['batch_size']] * (h['minibatches'] - 1) + [h['last_batch']]
+      c = zones.first_difference_curve(
+          rec.differs_first if run.flags['first_layer_only']
+          else rec.differs, sizes)
+      ax.plot(c['examples'], 100 * c['p'], label=run.flags['precision'])
+      ax.fill_between(c['examples'], 100 * c['low'], 100 * c['high'],
+                      alpha=0.2)
+    ax.set_xlabel('examples seen (minibatches in file order)')
+    ax.set_ylabel('theta in S so far (%), 95% Hoeffding')
     ax.set_ylim(-3, 103)
-    ax.legend()
+    ax.legend(title='precision')
   else:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 4.5))
     xs = np.arange(len(runs))
@@ -483,6 +496,31 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
   fig.tight_layout()
   fig.savefig(os.path.join(out, 'volume.png'), dpi=120)
   plt.close(fig)
+
+
+def _sweep_panel(ax, x_name: str, runs, summaries) -> None:
+  """Theta in S against the swept value, one line per precision, the
+  paper's values (``Run.paper``) as markers of the same colour."""
+  for i, p in enumerate(volume_presets.PRECISIONS):
+    pts = [(r, s['theta_in_zone']) for r, s in zip(runs, summaries)
+           if r.flags['precision'] == p]
+    if not pts:
+      continue
+    ax.errorbar([r.x for r, _ in pts], [100 * z['p'] for _, z in pts],
+                yerr=_clipped_err([z for _, z in pts]), marker='o',
+                capsize=3, color=f'C{i}', label=f'{p} (jaxkink)')
+    paper = [(r.x, r.paper.theta_in_zone) for r, _ in pts
+             if r.paper and r.paper.theta_in_zone
+             and r.paper.theta_in_zone.value is not None]
+    if paper:
+      ax.plot([x for x, _ in paper], [100 * v.value for _, v in paper], 'D',
+              mfc='none', color=f'C{i}', ls=':', label=f'{p} (paper)')
+  ax.set_xlabel(x_name)
+  if x_name in ('width', 'batch_size'):
+    ax.set_xscale('log', base=2)
+  ax.set_ylabel('theta in S (%), 95% Hoeffding')
+  ax.set_ylim(-3, 103)
+  ax.legend(fontsize=7)
 
 
 def _runs_from_flags() -> tuple[volume_presets.Preset | None, list]:
@@ -547,7 +585,8 @@ def main(argv: Sequence[str]) -> None:
         default=str) + '\n')
     plot(preset, runs, summaries, FLAGS.out,
          plot_title(FLAGS.preset or 'volume',
-                    [{'label': r.label, **h} for r, h in zip(runs, headers)]))
+                    [{'label': r.label, **h} for r, h in zip(runs, headers)]),
+         headers)
   print(text, end='')
   print(f'\nwritten to {FLAGS.out}/ (summary.md, volume.png, one directory '
         'per run)')
