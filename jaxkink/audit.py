@@ -78,10 +78,10 @@ class AuditReport(tuple):
 
   def table(self) -> str:
     """A fixed-width table: one row per record."""
-    head = ('kind', 'hits', 'min distance', 'shape', 'kinkify', 'where')
+    head = ('kind', 'op', 'hits', 'min distance', 'shape', 'kinkify', 'where')
     rows = [head]
     for r in self:
-      rows.append((r.kind, '-' if r.hits is None else str(r.hits),
+      rows.append((r.kind, r.primitive, '-' if r.hits is None else str(r.hits),
                    '-' if r.min_distance is None else f'{r.min_distance:.6g}',
                    'x'.join(map(str, r.shape)) or '()',
                    'replaced' if r.recognised else 'left alone', r.where))

@@ -51,6 +51,10 @@ _PASS_CONST = ('convert_element_type', 'broadcast_in_dim', 'reshape', 'squeeze',
                'expand_dims', 'copy', 'copy_p')
 _COMPARE = ('gt', 'ge', 'lt', 'le', 'eq', 'ne')
 _INLINE_MAX = 8
+# Primitives whose outputs carry no tangent whatever their inputs do.
+_NO_TANGENT = ('bitcast_convert_type', 'floor', 'ceil', 'round', 'sign',
+               'stop_gradient', 'random_bits', 'random_wrap', 'random_seed')
+_Tracer = getattr(jax.core, 'Tracer', None)
 
 #: Nonsmooth primitives that are left alone, with what their kink is.
 NONSMOOTH = {
@@ -214,10 +218,20 @@ class _Frame:
     self.consts: dict = {}  # constvar -> concrete value, checked lazily
     self.definers: dict = {}  # Var -> _Op that computed it
     self.uses: collections.Counter = collections.Counter()
+    self.live: set = set()  # variables that may carry a tangent
     self.relu_records: dict = {}  # bare max(x, 0)'s output -> its record
 
   def read(self, a):
     return a.val if _is_literal(a) else self.env[a]
+
+  def is_live(self, a) -> bool:
+    return _is_var(a) and a in self.live
+
+  def mark(self, eqn) -> None:
+    """Outputs of ``eqn`` may carry a tangent if a float input may."""
+    if (eqn.primitive.name not in _NO_TANGENT
+        and any(self.is_live(a) for a in eqn.invars)):
+      self.live.update(v for v in eqn.outvars if _is_float(v))
 
   def uniform(self, a) -> float | None:
     """The single value every element of ``a`` has, if known statically."""
@@ -300,16 +314,17 @@ class _Interpreter:
   """Evaluates a jaxpr, replacing kinks (``kinks``) and/or measuring them."""
 
   def __init__(self, kinks: Kinks | None, measure: Measure | None = None,
-               warn: set | None = None):
+               warn: set | None = None, bare_max: bool = True):
     self.kinks = kinks
     self.measure = measure
     self.warned = warn  # kinds already warned about, or None: no warnings
+    self.bare_max = bare_max  # recognise bare max(x, 0), min(max(x, 0), 6)
     self.records: list = []  # (Site, measured arrays or None)
     self.where = None  # the enclosing equation's source line, for nested ones
     self._touch_cache: dict = {}
 
   def child(self, where: str | None = None) -> '_Interpreter':
-    new = _Interpreter(self.kinks, self.measure, self.warned)
+    new = _Interpreter(self.kinks, self.measure, self.warned, self.bare_max)
     new.where = where or self.where
     new._touch_cache = self._touch_cache  # pylint: disable=protected-access
     return new
@@ -319,19 +334,26 @@ class _Interpreter:
 
   # ---------------------------------------------------------------- driving
 
-  def eval_closed(self, closed, args, path='', known=None):
+  def eval_closed(self, closed, args, path='', known=None, live=None):
     jaxpr, consts = _closed(closed)
-    return self.eval_jaxpr(jaxpr, consts, args, path, known)
+    return self.eval_jaxpr(jaxpr, consts, args, path, known, live)
 
-  def eval_jaxpr(self, jaxpr, consts, args, path='', known=None):
+  def eval_jaxpr(self, jaxpr, consts, args, path='', known=None, live=None):
+    """Evaluates ``jaxpr``; ``live`` says which inputs may carry a tangent
+    (default: the float ones)."""
     frame = _Frame(path, known)
     frame.uses.update(a for e in jaxpr.eqns for a in e.invars if _is_var(a))
     frame.uses.update(a for a in jaxpr.outvars if _is_var(a))
     for v, c in zip(jaxpr.constvars, consts):
       frame.env[v] = c
       frame.consts[v] = c
-    for v, a in zip(jaxpr.invars, args):
+      if _is_float(v) and (_Tracer is None or isinstance(c, _Tracer)):
+        frame.live.add(v)  # a traced constant: the caller may differentiate it
+    live = [True] * len(jaxpr.invars) if live is None else live
+    for v, a, l in zip(jaxpr.invars, args, live):
       frame.env[v] = a
+      if l and _is_float(v):
+        frame.live.add(v)
     for i, eqn in enumerate(jaxpr.eqns):
       invals = [frame.read(a) for a in eqn.invars]
       here = f'{path}/{i}:{eqn.primitive.name}' if path else (
@@ -341,6 +363,7 @@ class _Interpreter:
                                              tuple(eqn.invars),
                                              tuple(eqn.outvars))
       outs = self._eqn(eqn, invals, frame, here)
+      frame.mark(eqn)
       for v, o in zip(eqn.outvars, outs):
         frame.env[v] = o
     return [frame.read(a) for a in jaxpr.outvars]
@@ -377,6 +400,11 @@ class _Interpreter:
     name = eqn.primitive.name
     if name in _JIT:
       return self._jit(eqn, invals, frame, path)
+    if ((name in NONSMOOTH or name == 'custom_jvp_call')
+        and not any(frame.is_live(a) for a in eqn.invars)):
+      # No tangent can reach it (constants, integer or random bits): its
+      # derivative is never used, so it is neither replaced nor counted.
+      return _bind(eqn, invals)
     if name == 'custom_jvp_call':
       kind = _match_custom_jvp(eqn)
       if kind is not None:
@@ -385,7 +413,7 @@ class _Interpreter:
                            lambda k: getattr(k, kind)(x),
                            lambda: _bind(eqn, invals)[0])]
       return _bind(eqn, invals)
-    if name == 'max' and _is_float(eqn.outvars[0]):
+    if name == 'max' and self.bare_max and _is_float(eqn.outvars[0]):
       a, b = eqn.invars
       if frame.is_zero(b) or frame.is_zero(a):
         xi = 0 if frame.is_zero(b) else 1
@@ -396,7 +424,7 @@ class _Interpreter:
           if self.measure is not None:
             frame.relu_records[eqn.outvars[0]] = self.records[-1]
           return [out]
-    if name == 'min' and _is_float(eqn.outvars[0]):
+    if name == 'min' and self.bare_max and _is_float(eqn.outvars[0]):
       x, inner = self._match_relu6(eqn.invars, frame)
       if x is not None:
         # The max(x, 0) inside is part of this ReLU6, not a ReLU of its own.
@@ -565,6 +593,7 @@ class _Interpreter:
           frame.definers[op.outvars[0]] = op
         outs = self._eqn(inner, [frame.read(a) for a in op.invars], frame,
                          f'{label}/{i}:{op.name}')
+        frame.mark(inner)
         for v, o in zip(op.outvars, outs):
           frame.env[v] = o
       return [frame.read(v) for v in eqn.outvars]
@@ -572,11 +601,12 @@ class _Interpreter:
       return _bind(eqn, invals)
     known = {v: frame.uniform(a) for v, a in zip(jaxpr.invars, eqn.invars)}
     known = {v: u for v, u in known.items() if u is not None}
+    live = [frame.is_live(a) for a in eqn.invars]
     label = f'{path}[{eqn.params.get("name", "")}]'
 
     def body(child, kinks, *a):
       child.kinks = kinks
-      return child.eval_closed(closed, a, label, known)
+      return child.eval_closed(closed, a, label, known, live)
 
     def transform(f):
       g = lambda kinks, *a: f(kinks, *a)  # pylint: disable=unnecessary-lambda
@@ -801,7 +831,8 @@ def trace(fn: Callable, args: Sequence[Any]):
   return closed, leaves, jax.tree_util.tree_structure(out_shape)
 
 
-def kinkify(fn: Callable, *, warn: bool = False) -> Callable:
+def kinkify(fn: Callable, *, warn: bool = False,
+            bare_max: bool = True) -> Callable:
   r"""``fn`` with its kinks' derivatives taken from a :class:`Kinks` value.
 
   ``kinkify(fn)`` returns ``fn_k(kinks, *args)``. Its forward is that of
@@ -814,56 +845,70 @@ def kinkify(fn: Callable, *, warn: bool = False) -> Callable:
 
   ``fn`` is traced with :func:`jax.make_jaxpr` at every call of ``fn_k``
   (once per compilation under ``jax.jit``); every leaf of ``args`` must be an
-  array or a scalar (close over static arguments).
+  array or a scalar (close over static arguments). Differentiate ``fn_k``,
+  not inside ``fn``: a derivative taken inside ``fn`` is already expanded
+  into JAX's rules in the jaxpr, and stays so.
 
   Recognised, and replaced by jaxkink's primitives:
 
   * ``relu``: a ``custom_jvp`` call of one float input whose body is
     ``max(x, 0.0)`` (:func:`jax.nn.relu`, hence ``flax.linen.relu`` and
-    ``nnx.relu``); and a bare ``max(x, 0)`` / ``max(0, x)`` with a float
-    ``+0.0`` operand that is a literal, a constant, or a broadcast or
-    conversion of one (``jnp.maximum(x, 0.)``, ``jnp.maximum(x,
-    jnp.zeros_like(x))``). Derivative at 0: ``kinks.relu_s``. Note that a
-    bare ``max``'s own JAX derivative at 0 is 0.5, not ``Kinks()``'s 0.
+    ``nnx.relu``); and, with ``bare_max``, a bare ``max(x, 0)`` /
+    ``max(0, x)`` whose other operand is ``+0.0`` as a literal, a constant,
+    or a broadcast or conversion of one (``jnp.maximum(x, 0.)``,
+    ``jnp.maximum(x, jnp.zeros_like(x))``). Derivative at 0:
+    ``kinks.relu_s``. A bare ``max``'s own JAX derivative at 0 is 0.5 (half
+    to each operand), not ``Kinks()``'s 0; and a bare ``max(0, v)`` is not
+    always an activation (flax's ``BatchNorm`` clamps its variance so):
+    :func:`jaxkink.audit` lists them with their source lines, and
+    ``bare_max=False`` leaves them alone.
   * ``relu6``: a ``custom_jvp`` call whose body is ``min(max(x, 0), 6)``
-    (:func:`jax.nn.relu6`) and a bare ``min(max(x, 0), 6)`` (in either
-    operand order, e.g. ``jnp.clip(x, 0, 6)``); ``kinks.relu6_alpha`` at 0
-    and ``kinks.relu6_beta`` at 6.
+    (:func:`jax.nn.relu6`) and, with ``bare_max``, a bare
+    ``min(max(x, 0), 6)`` in either operand order (``jnp.clip(x, 0, 6)``,
+    ``jnp.minimum(jnp.maximum(x, 0), 6)``); ``kinks.relu6_alpha`` at 0 and
+    ``kinks.relu6_beta`` at 6.
   * ``leaky_relu``: ``select_n(x >= 0, slope * x, x)``, i.e. ``jnp.where(x
     >= 0, x, slope * x)`` with either product order
     (:func:`jax.nn.leaky_relu`); ``kinks.leaky_s`` at 0, the slope
-    differentiated as the parameter it is.
+    differentiated as the parameter it is. ``where(x > 0, ...)`` is not
+    recognised (its value at ``-0.0`` differs from ``leaky_relu``'s).
   * ``max_pool``: ``reduce_window_max`` of a float input with no dilation
     and no negative padding, in any layout (``flax.linen.max_pool``,
-    ``nn.max_pool``, ``lax.reduce_window(x, -inf, lax.max, ...)``); the tie
-    rule is ``kinks.pool_beta``.
+    ``lax.reduce_window(x, -inf, lax.max, ...)``); the tie rule is
+    ``kinks.pool_beta``.
 
-  The modes of ``kinks`` apply (``legacy_relu_grad``; ``blended_pool_forward``
+  Patterns are matched on the jaxpr, through small ``jit`` wrappers of
+  exactly rounded operations (``jnp.where``, ``jnp.clip``,
+  ``jax.nn.leaky_relu``), which are inlined. Operations that no tangent can
+  reach (on constants, integers or random bits) are left as they are. The
+  modes of ``kinks`` apply (``legacy_relu_grad``; ``blended_pool_forward``
   changes the pooled value, as it does in :func:`jaxkink.max_pool`).
+  Per-channel kink values must broadcast to every recognised operation.
 
-  Recursed into: ``jit`` (re-emitted as a ``jax.jit`` of the rebuilt body when
-  it holds something recognised, else bound as it was), ``scan``, ``cond``,
-  ``while`` (body), ``checkpoint`` / remat and ``shard_map``. Left alone, and
-  bound exactly as they were:
+  Recursed into: ``jit`` (re-emitted as a ``jax.jit`` of the rebuilt body
+  when it holds something recognised, else bound as it was), ``scan``,
+  ``cond``, the body of ``while``, ``checkpoint`` (remat) and ``shard_map``.
+  Left alone, bound exactly as they were:
 
   * ``custom_jvp`` / ``custom_vjp`` calls other than the two above: their
-    derivative is their own rule, which kinkify cannot see into or change
-    exactly (this includes jaxkink's own primitives, which already take kink
-    values);
+    derivative is their own rule, which kinkify can neither see into nor
+    change exactly (this includes jaxkink's own primitives, which already
+    take kink values);
   * nonsmooth primitives with no jaxkink counterpart: ``abs``, ``sign``,
     ``floor`` / ``ceil`` / ``round``, ``max`` / ``min`` of two non-constant
-    operands (or with a constant other than the patterns above), ``clamp``,
-    ``jnp.where`` on a float comparison, ``reduce_max`` / ``argmax`` /
-    ``sort`` / ``top_k`` / ``cummax`` (and the min versions), dilated or
-    custom window reductions; ``warn=True`` warns once per primitive about
-    them;
+    operands or with another constant, ``clamp``, ``jnp.where`` on a float
+    comparison, ``reduce_max`` / ``argmax`` / ``sort`` / ``top_k`` /
+    ``cummax`` (and the min versions), dilated or custom window reductions;
+    ``warn=True`` warns once per primitive about them;
   * the bodies of other higher-order primitives (``pmap``, custom
     transposes, ...), and ``while`` conditions (which have no derivative).
 
   Args:
     fn: a function of arrays (pytrees of arrays) that JAX can trace.
-    warn: warn (once per primitive kind) about nonsmooth primitives that are
-      left alone.
+    warn: warn (once per primitive kind, per ``kinkify``) about nonsmooth
+      primitives that are left alone.
+    bare_max: recognise bare ``max(x, 0)`` and ``min(max(x, 0), 6)`` too,
+      not only ``jax.nn``'s functions.
 
   Returns:
     ``fn_k(kinks, *args)``, returning what ``fn(*args)`` returns.
@@ -886,7 +931,8 @@ def kinkify(fn: Callable, *, warn: bool = False) -> Callable:
       raise TypeError(f'kinkify: the first argument must be a jaxkink.Kinks, '
                       f'got {type(kinks).__name__}')
     closed, leaves, out_tree = trace(fn, args)
-    outs = _Interpreter(kinks, warn=warned).eval_closed(closed, leaves)
+    interp = _Interpreter(kinks, warn=warned, bare_max=bare_max)
+    outs = interp.eval_closed(closed, leaves)
     return jax.tree_util.tree_unflatten(out_tree, outs)
 
   fn_k.__name__ = f'kinkified_{getattr(fn, "__name__", "fn")}'

@@ -291,7 +291,7 @@ def test_audit_counts_equal_the_hit_counters():
     assert (r.hits, r.min_distance) == (int(e.count), float(e.min_distance))
   assert [r.recognised for r in report] == [True] * 4 + [False]
   table = str(report)
-  assert table.splitlines()[0].split()[:3] == ['kind', 'hits', 'min']
+  assert table.splitlines()[0].split()[:4] == ['kind', 'op', 'hits', 'min']
   assert len(table.splitlines()) == 2 + len(report)
   assert 'test_kinkify.py' in report[0].where
   with pytest.raises(dataclasses_frozen_error()):
@@ -338,6 +338,39 @@ def test_left_alone_are_unchanged():
   ref = jax.jit(jax.jacrev(f))(x)
   for kinks in KINKS[1:3]:
     assert_bits_equal(fk(kinks, x), ref)
+
+
+def test_batch_norm_dropout_and_bare_max_off():
+  """BatchNorm's variance clamp is a bare max(0, v); dropout's random bits
+  carry no tangent, so the max(0, u) inside jax.random is not a kink."""
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.BatchNorm(use_running_average=False)(nn.Dense(3)(x))
+      return nn.Dense(1)(nn.Dropout(0.5, deterministic=False)(nn.relu(x)))
+
+  x = jnp.zeros((2, 2))  # zero variance: the clamp sits on its kink
+  keys = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
+  variables = jax.jit(Net().init)(keys, x)
+  f = lambda v, x, key: Net().apply(v, x, rngs={'dropout': key},
+                                    mutable=['batch_stats'])[0].sum()
+  key = jax.random.key(2)
+  report = jaxkink.audit(f)(variables, x, key)
+  assert [(r.kind, r.primitive) for r in report] == [
+      ('relu', 'max'), ('relu', 'custom_jvp_call')]
+  # bare_max=False: the clamp keeps JAX's rule, so Kinks() is flax's own.
+  ours = jax.jit(jax.grad(jaxkink.kinkify(f, bare_max=False), argnums=1))(
+      Kinks(), variables, x, key)
+  ref = jax.jit(jax.grad(f))(variables, x, key)
+  jax.tree_util.tree_map(assert_bits_equal, ours, ref)
+
+
+def test_closed_over_tracers_are_differentiated():
+  p = jnp.ones(2)
+  g = jax.grad(lambda p: jaxkink.kinkify(lambda x: jax.nn.relu(x - p).sum())(
+      Kinks(relu_s=0.5), jnp.ones(2)))(p)
+  np.testing.assert_array_equal(g, [-0.5, -0.5])
 
 
 def test_rejects_a_non_kinks_first_argument():
