@@ -437,8 +437,7 @@ class _Interpreter:
                            lambda k: k.relu6(xv),
                            lambda: _bind(eqn, invals)[0])]
     if name == 'select_n':
-      op = _Op(eqn.primitive, eqn.params, tuple(eqn.invars), tuple(eqn.outvars))
-      out = self._select_n(op, eqn, invals, frame, path)
+      out = self._select_n(eqn, invals, frame, path)
       if out is not None:
         return out
     if name == 'reduce_window_max' and _is_float(eqn.outvars[0]):
@@ -517,11 +516,11 @@ class _Interpreter:
         return b, inner
     return None, None
 
-  def _select_n(self, op: _Op, eqn, invals, frame: _Frame, path: str):
+  def _select_n(self, eqn, invals, frame: _Frame, path: str):
     """``select_n(x >= 0, slope * x, x)`` (``jnp.where(x >= 0, x, slope*x)``)."""
-    if len(op.invars) != 3 or not _is_float(op.outvars[0]):
+    if len(eqn.invars) != 3 or not _is_float(eqn.outvars[0]):
       return None
-    pred, neg, x = op.invars
+    pred, neg, x = eqn.invars
     ge = frame.defined_as(pred, 'ge')
     mul = frame.defined_as(neg, 'mul')
     if (ge is None or mul is None or not _is_var(x) or ge.invars[0] is not x

@@ -140,10 +140,15 @@ def _grad_x(f):
 X = jnp.array([-1.0, 0.0, 0.0, 3.0, 6.0, 7.0])
 
 
+ZEROS = jnp.zeros(6)  # a closed-over constant
+
+
 @pytest.mark.parametrize('f', [
     lambda x: jnp.maximum(x, 0.0), lambda x: jnp.maximum(0.0, x),
-    lambda x: lax.max(x, jnp.zeros_like(x)), jax.nn.relu, nn.relu,
-], ids=['maximum', 'maximum_swapped', 'lax_max_zeros', 'jax_nn', 'flax'])
+    lambda x: lax.max(x, jnp.zeros_like(x)), lambda x: jnp.maximum(x, ZEROS),
+    jax.nn.relu, nn.relu,
+], ids=['maximum', 'maximum_swapped', 'lax_max_zeros', 'constant_zeros',
+        'jax_nn', 'flax'])
 def test_relu_patterns(f):
   grad = _grad_x(f)
   for s in (0.0, 0.5, 1.0):
@@ -172,6 +177,21 @@ def test_leaky_relu_patterns(f, slope):
   assert_bits_equal(jaxkink.kinkify(f)(Kinks(), X), f(X))
   np.testing.assert_array_equal(_grad_x(f)(Kinks(), X), jax.grad(
       lambda x: f(x).sum())(X))
+
+
+def test_legacy_mode_and_any_pool_layout():
+  g = _grad_x(lambda x: 3.0 * jax.nn.relu(x))
+  np.testing.assert_array_equal(g(Kinks(relu_s=0.5), X[:3]), [0, 1.5, 1.5])
+  np.testing.assert_array_equal(  # the 2021 code assigns s
+      g(Kinks(relu_s=0.5, legacy_relu_grad=True), X[:3]), [0, 0.5, 0.5])
+  x = jnp.zeros((1, 2, 4, 4)).at[0, 1, 0, 0].set(1.0)  # NCHW, ties elsewhere
+  nchw = lambda x: lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2),
+                                     (1, 1, 2, 2), 'VALID')
+  nhwc = lambda x, b: jaxkink.max_pool(x.transpose(0, 2, 3, 1), (2, 2), (2, 2),
+                                       beta=b).sum()
+  ours, ref = _grad_x(nchw), jax.jit(jax.grad(nhwc))
+  for beta in (0.0, 1.0, 0.5):
+    np.testing.assert_array_equal(ours(Kinks(pool_beta=beta), x), ref(x, beta))
 
 
 def test_slope_is_still_differentiated():
