@@ -54,7 +54,8 @@ class AuditRecord:
     primitive: the jaxpr primitive it was found as.
     where: the source line JAX recorded for it, or its jaxpr path.
     path: its place in the jaxpr (equation indices, enclosing primitives).
-    shape: the shape of its (first) input.
+    shape: the shape of its input (of its largest operand, for ops that
+      compare operands).
     recognised: whether :func:`jaxkink.kinkify` replaces it.
     hits: inputs exactly on a kink (see :data:`KINK_RULES`; for pooling and
       reductions, windows or reductions with a tie), summed over the
@@ -201,8 +202,10 @@ def audit(fn: Callable) -> Callable[..., AuditReport]:
   operation inside a loop counts over all its iterations. Not looked into:
   ``custom_jvp`` / ``custom_vjp`` bodies other than ``jax.nn.relu`` /
   ``relu6`` (including jaxkink's own primitives: count those with
-  :class:`jaxkink.TapedKinks`), ``while`` conditions and ``shard_map``
-  (which raises ``NotImplementedError`` when it holds a nonsmooth op).
+  :class:`jaxkink.TapedKinks`), ``while`` conditions, and ``shard_map``
+  bodies (a ``shard_map`` that holds a nonsmooth op gets one record of kind
+  ``'shard_map'`` with no counts). Operations that no tangent can reach
+  (on constants, integers or random bits) are not listed.
   ``fn`` must not be called under a transformation of your own: ``audit``
   returns Python numbers.
 

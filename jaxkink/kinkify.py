@@ -627,8 +627,11 @@ class _Interpreter:
 
   def _shard_map(self, eqn, invals, path):
     p = eqn.params
-    if self.measure is not None:
-      raise NotImplementedError('audit does not look inside shard_map')
+    if self.measure is not None:  # per-shard counts would need collectives
+      site = Site('shard_map', 'shard_map', self.where_of(eqn, path), path,
+                  (), False)
+      self.records.append((site, None))
+      return _bind(eqn, invals)
     leaves, treedef = jax.tree_util.tree_flatten(self.kinks)
     n = len(leaves)
     spec = jax.sharding.PartitionSpec()

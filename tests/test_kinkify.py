@@ -234,6 +234,9 @@ def test_shard_map():
   f = jax.shard_map(jax.nn.relu, mesh=mesh, in_specs=spec, out_specs=spec)
   g = _grad_x(f)(Kinks(relu_s=0.5), jnp.array([0.0, 1.0]))
   np.testing.assert_array_equal(g, [0.5, 1.0])
+  report = jaxkink.audit(f)(jnp.zeros(2))  # not looked into, but listed
+  assert [(r.kind, r.hits) for r in report] == [('shard_map', None)]
+  assert '-' in str(report).splitlines()[-1].split()
 
 
 def test_resnet_block():
