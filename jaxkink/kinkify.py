@@ -1,4 +1,4 @@
-r"""``kinkify``: a function's kinks routed through a ``Kinks`` value, unmodified.
+r"""``kinkify``: an unmodified function's kinks, routed through ``Kinks``.
 
 :func:`kinkify` takes any JAX-traceable function, written with ``jax.nn``,
 ``flax.linen``, plain ``jnp`` or ``lax``, and returns one that takes a
@@ -115,7 +115,7 @@ Measure = Callable[[Site, dict], Any]
 
 @dataclasses.dataclass(frozen=True)
 class _Op:
-  """An equation seen through ``jit`` wrappers: operands in the caller's terms."""
+  """An equation seen through ``jit`` wrappers, in the caller's variables."""
   primitive: Any
   params: dict
   invars: tuple
@@ -294,7 +294,7 @@ def _bind(eqn, invals):
 
 
 def _context(eqn):
-  """The equation's source line and context (so re-traced programs keep them)."""
+  """The equation's source line and context, for the re-traced program."""
   stack = contextlib.ExitStack()
   if _source_info_util is not None:
     try:
@@ -371,7 +371,7 @@ class _Interpreter:
   # ------------------------------------------------------- what to recurse
 
   def touches(self, jaxpr) -> bool:
-    """Whether ``jaxpr`` (open or closed) holds anything to replace or measure."""
+    """Whether ``jaxpr`` (open or closed) holds anything to replace or count."""
     jaxpr = _closed(jaxpr)[0]
     key = id(jaxpr)
     if key not in self._touch_cache:
@@ -477,8 +477,10 @@ class _Interpreter:
     name = eqn.primitive.name
     operands = {'invals': invals, 'params': eqn.params}
     if name == 'select_n':
-      pred = frame.definers.get(eqn.invars[0]) if _is_var(eqn.invars[0]) else None
-      if pred is None or pred.name not in _COMPARE or not _is_float(pred.invars[0]):
+      pred = (frame.definers.get(eqn.invars[0]) if _is_var(eqn.invars[0])
+              else None)
+      if (pred is None or pred.name not in _COMPARE
+          or not _is_float(pred.invars[0])):
         return _bind(eqn, invals)
       operands['compare'] = [frame.read(a) for a in pred.invars]
     elif not any(_is_float(a) for a in eqn.invars):
@@ -517,7 +519,7 @@ class _Interpreter:
     return None, None
 
   def _select_n(self, eqn, invals, frame: _Frame, path: str):
-    """``select_n(x >= 0, slope * x, x)`` (``jnp.where(x >= 0, x, slope*x)``)."""
+    """Leaky ReLU: ``select_n(x >= 0, slope * x, x)``, i.e. ``jnp.where``."""
     if len(eqn.invars) != 3 or not _is_float(eqn.outvars[0]):
       return None
     pred, neg, x = eqn.invars
@@ -559,7 +561,7 @@ class _Interpreter:
     return list(outs)
 
   def _probe(self, body, args, where):
-    """The sites ``body(child, *args)`` meets, with their measurements' shapes."""
+    """The sites ``body(child, *args)`` meets, and their counts' shapes."""
     child = self.child(where)
     sites = []
 
@@ -696,8 +698,8 @@ class _Interpreter:
         return outs, measured
       return f
 
-    outs, measured = lax.switch(index, [branch(i) for i in range(len(branches))],
-                                *ops)
+    outs, measured = lax.switch(
+        index, [branch(i) for i in range(len(branches))], *ops)
     sites = [s for recs in per_branch for s, _ in recs]
     self.records.extend(zip(sites, measured))
     return list(outs)
@@ -794,7 +796,8 @@ def _match_custom_jvp(eqn) -> str | None:
         value != 0 or not np.signbit(np.asarray(a.val)).any())
 
   def is_max0(op):
-    return (op.name == 'max' and op.invars[0] is x and is_const(op.invars[1], 0.0))
+    return (op.name == 'max' and op.invars[0] is x
+            and is_const(op.invars[1], 0.0))
 
   if len(ops) == 1 and is_max0(ops[0]):
     return 'relu'
@@ -818,9 +821,10 @@ def _pool_geometry(params) -> pooling.WindowGeometry | None:
 
 def _kinked_pool(kinks: Kinks, x, geom: pooling.WindowGeometry):
   """``reduce_window_max`` of any layout as :func:`jaxkink.max_pool`."""
-  out_shape = pooling._output_shape(x.shape, geom)  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  out_shape = pooling._output_shape(x.shape, geom)
   beta = as_kink_value(kinks.pool_beta, out_shape, x.dtype, 'pool_beta')
-  return pooling._max_pool(x, beta, geom, kinks.blended_pool_forward)  # pylint: disable=protected-access
+  return pooling._max_pool(x, beta, geom, kinks.blended_pool_forward)
 
 
 # -------------------------------------------------------------- public API

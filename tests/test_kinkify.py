@@ -121,7 +121,8 @@ def test_cnn_jit_traces_once_and_vmaps_over_s(cnn):
   loss = lambda kinks, p, x: jnp.sum(jaxkink.kinkify(apply)(kinks, p, x) * w)
   grad = jax.jit(jax.grad(loss, argnums=1))
   singles = [grad(Kinks(relu_s=s), variables, x) for s in (0.0, 0.5, 1.0)]
-  assert len(traces) == 1 and grad._cache_size() == 1  # pylint: disable=protected-access
+  assert len(traces) == 1
+  assert grad._cache_size() == 1  # pylint: disable=protected-access
   swept = jax.jit(jax.vmap(jax.grad(loss, argnums=1),
                            in_axes=(Kinks(**{**NO_AXES, 'relu_s': 0}), None,
                                     None)))(
@@ -345,7 +346,8 @@ def test_warn_names_what_is_left_alone():
   messages = [str(w.message) for w in caught]
   assert len(messages) == 1 and "'abs'" in messages[0], messages
   # abs keeps JAX's derivative; relu'(0) is relu_s = 1 instead of 0.
-  np.testing.assert_array_equal(g, jax.grad(f)(jnp.array([0.0, 1.0])) + jnp.array([1.0, 0.0]))
+  ref = jax.grad(f)(jnp.array([0.0, 1.0]))
+  np.testing.assert_array_equal(g, ref + jnp.array([1.0, 0.0]))
   with warnings.catch_warnings():
     warnings.simplefilter('error')
     jaxkink.kinkify(f)(Kinks(), jnp.zeros(2))  # no warning by default
