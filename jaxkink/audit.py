@@ -10,6 +10,7 @@ values a jitted ``fn`` computes.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import jax
@@ -78,14 +79,16 @@ class AuditReport(tuple):
   """The records of :func:`audit`, in program order; prints as a table."""
 
   def table(self) -> str:
-    """A fixed-width table: one row per record."""
+    """A fixed-width table: one row per record (file names without their
+    directories)."""
     head = ('kind', 'op', 'hits', 'min distance', 'shape', 'kinkify', 'where')
     rows = [head]
     for r in self:
       rows.append((r.kind, r.primitive, '-' if r.hits is None else str(r.hits),
                    '-' if r.min_distance is None else f'{r.min_distance:.6g}',
                    'x'.join(map(str, r.shape)) or '()',
-                   'replaced' if r.recognised else 'left alone', r.where))
+                   'replaced' if r.recognised else 'left alone',
+                   r.where if r.where == r.path else os.path.basename(r.where)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(head) - 1)]
     lines = ['  '.join(c.ljust(w) for c, w in zip(row, widths)) + '  ' + row[-1]
              for row in rows]

@@ -22,7 +22,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import math
+import os
 import warnings
 from typing import Any, Callable, Sequence
 
@@ -196,16 +198,27 @@ def _is_float(a) -> bool:
   return aval is not None and jnp.issubdtype(aval.dtype, jnp.floating)
 
 
+# Libraries whose frames are skipped when naming where an op was written: the
+# user's line calling ``nn.max_pool`` says more than flax's own.
+_LIBRARIES = tuple(f'{os.sep}{name}{os.sep}' for name in
+                   ('flax', 'equinox', 'haiku', 'optax'))
+
+
 def _where(eqn, fallback: str) -> str:
   """The user's source line JAX recorded for ``eqn``, else ``fallback``."""
-  if _source_info_util is not None:
-    try:
-      frame = _source_info_util.user_frame(eqn.source_info.traceback)
-      if frame is not None:
-        return _source_info_util.summarize(eqn.source_info)
-    except Exception:  # pylint: disable=broad-except
-      pass
-  return fallback
+  if _source_info_util is None:
+    return fallback
+  try:
+    frames = list(itertools.islice(
+        _source_info_util.user_frames(eqn.source_info.traceback), 64))
+  except Exception:  # pylint: disable=broad-except
+    return fallback
+  if not frames:
+    return fallback
+  frame = next((f for f in frames
+                if not any(lib in f.file_name for lib in _LIBRARIES)),
+               frames[0])
+  return f'{frame.file_name}:{frame.start_line} ({frame.function_name})'
 
 
 class _Frame:
