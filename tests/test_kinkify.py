@@ -195,6 +195,19 @@ def test_legacy_mode_and_any_pool_layout():
     np.testing.assert_array_equal(ours(Kinks(pool_beta=beta), x), ref(x, beta))
 
 
+def test_forward_bits_at_special_values():
+  """NaN, -0.0 and infinities: the rebuilt ops (operand order included) give
+  the original's bits."""
+  x = jnp.array([jnp.nan, -0.0, 0.0, 6.0, 7.0, -jnp.inf, jnp.inf])
+  fs = [lambda x: jnp.clip(x, 0, 6),
+        lambda x: jnp.minimum(6., jnp.maximum(0., x)), jax.nn.relu6,
+        lambda x: jnp.maximum(0., x), jax.nn.leaky_relu]
+  run = jax.jit(lambda kinks, x: [jaxkink.kinkify(f)(kinks, x) for f in fs])
+  ref = jax.jit(lambda x: [f(x) for f in fs])(x)
+  for ours, theirs in zip(run(Kinks(relu_s=0.5, leaky_s=0.5), x), ref):
+    assert_bits_equal(ours, theirs)
+
+
 def test_slope_is_still_differentiated():
   f = lambda x, a: jax.nn.leaky_relu(x, a)
   fk = jaxkink.kinkify(f)
