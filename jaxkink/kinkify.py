@@ -864,7 +864,8 @@ def kinkify(fn: Callable, *, warn: bool = False,
 
   ``fn`` is traced with :func:`jax.make_jaxpr` at every call of ``fn_k``
   (once per compilation under ``jax.jit``); every leaf of ``args`` must be an
-  array or a scalar (close over static arguments). Differentiate ``fn_k``,
+  array or a scalar (close over static and keyword arguments, e.g. with
+  ``functools.partial``). Differentiate ``fn_k``,
   not inside ``fn``: a derivative taken inside ``fn`` is already expanded
   into JAX's rules in the jaxpr, and stays so.
 
@@ -904,9 +905,11 @@ def kinkify(fn: Callable, *, warn: bool = False,
   changes the pooled value, as it does in :func:`jaxkink.max_pool`).
   Per-channel kink values must broadcast to every recognised operation.
 
-  Recursed into: ``jit`` (re-emitted as a ``jax.jit`` of the rebuilt body
-  when it holds something recognised, else bound as it was), ``scan``,
-  ``cond``, the body of ``while``, ``checkpoint`` (remat) and ``shard_map``.
+  Recursed into: ``jit`` (re-emitted as a ``jax.jit`` of the rebuilt body,
+  without its sharding and donation parameters, when it holds a ``max``,
+  ``min``, ``select_n``, ``reduce_window_max`` or recognised ``custom_jvp``
+  call; else bound as it was), ``scan``, ``cond``, the body of ``while``,
+  ``checkpoint`` (remat) and ``shard_map``.
   Left alone, bound exactly as they were:
 
   * ``custom_jvp`` / ``custom_vjp`` calls other than the two above: their
