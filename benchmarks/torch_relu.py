@@ -8,15 +8,19 @@ def torch_modules():
   """PyTorch pieces, imported on first use (torch is optional)."""
   import torch  # pylint: disable=g-import-not-at-top
 
-  class ReLUAssign(torch.autograd.Function):
-    """relu.py's ReLUAlphaFunction: the cotangent, 0 where x < 0, and the
-    kink value itself (not times the cotangent) where x == 0."""
+  class ReLU(torch.autograd.Function):
+    """``max(x, 0)``, keeping ``x`` and the kink value ``s`` for the
+    backward pass of the two rules below."""
 
     @staticmethod
     def forward(ctx, x, s):
       ctx.save_for_backward(x)
       ctx.s = s
       return x.clamp(min=0)
+
+  class ReLUAssign(ReLU):
+    """relu.py's ReLUAlphaFunction: the cotangent, 0 where x < 0, and the
+    kink value itself (not times the cotangent) where x == 0."""
 
     @staticmethod
     def backward(ctx, g):
@@ -26,14 +30,8 @@ def torch_modules():
       gi[x == 0] = ctx.s
       return gi, None
 
-  class ReLUMultiply(torch.autograd.Function):
+  class ReLUMultiply(ReLU):
     """ReLU'(0) = s times the cotangent (jaxkink's default rule)."""
-
-    @staticmethod
-    def forward(ctx, x, s):
-      ctx.save_for_backward(x)
-      ctx.s = s
-      return x.clamp(min=0)
 
     @staticmethod
     def backward(ctx, g):

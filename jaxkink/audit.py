@@ -108,13 +108,7 @@ class AuditReport(tuple):
 
 def _pool_hits(x: Array, geom: pooling.WindowGeometry):
   """:func:`jaxkink.pool_hits` for a window geometry of any layout."""
-  y = pooling.reduce_max(x, geom)
-  neg_inf = jnp.array(-jnp.inf, x.dtype)
-  count, second = 0, neg_inf
-  for _, v, ok in pooling.window_slices(x, y, geom):
-    count = count + ((v == y) & ok).astype(jnp.int32)
-    second = jnp.maximum(second, jnp.where(ok & (v != y), v, neg_inf))
-  gap = jnp.where(count > 1, jnp.zeros_like(y), y - second)
+  count, gap = hits.window_ties(x, geom)
   return hits.KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
                        jnp.min(gap, initial=jnp.inf))
 

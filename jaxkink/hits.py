@@ -90,6 +90,21 @@ def pool_hits(x: ArrayLike, window_shape: Sequence[int],
   if unbatched:
     x = x[None]
   geom = pooling.window_geometry(x.shape, window_shape, strides, padding)
+  count, gap = window_ties(x, geom)
+  if unbatched:
+    count, gap = count[0], gap[0]
+  tie = count > 1
+  return KinkHits(jnp.sum(tie, axis=axis, dtype=jnp.int32),
+                  jnp.min(gap, axis=axis, initial=jnp.inf))
+
+
+def window_ties(x: Array, geom: pooling.WindowGeometry) -> tuple[Array, Array]:
+  """Per pooled output: how many valid window members equal the maximum, and
+  the gap from the maximum to the largest other member (0 at a tie).
+
+  ``geom`` is any window geometry of :mod:`jaxkink.pooling` (any layout);
+  :func:`pool_hits` and :func:`jaxkink.audit` count with it.
+  """
   y = pooling.reduce_max(x, geom)
   neg_inf = jnp.array(-jnp.inf, x.dtype)
   count, second = 0, neg_inf
@@ -97,11 +112,7 @@ def pool_hits(x: ArrayLike, window_shape: Sequence[int],
     count = count + ((v == y) & ok).astype(jnp.int32)
     second = jnp.maximum(second, jnp.where(ok & (v != y), v, neg_inf))
   gap = jnp.where(count > 1, jnp.zeros_like(y), y - second)
-  if unbatched:
-    count, gap = count[0], gap[0]
-  tie = count > 1
-  return KinkHits(jnp.sum(tie, axis=axis, dtype=jnp.int32),
-                  jnp.min(gap, axis=axis, initial=jnp.inf))
+  return count, gap
 
 
 @struct.dataclass
