@@ -17,8 +17,11 @@ change the program).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
+import jax
+import jax.numpy as jnp
 from flax import struct
 
 from jaxkink import activations, pooling
@@ -53,6 +56,66 @@ class Kinks:
   pool_beta: ArrayLike = 0.0
   legacy_relu_grad: bool = struct.field(pytree_node=False, default=False)
   blended_pool_forward: bool = struct.field(pytree_node=False, default=False)
+
+  @classmethod
+  def sweep(cls, base: Kinks | None = None,
+            **values: ArrayLike) -> tuple[Kinks, Kinks]:
+    """Kink values to ``vmap`` over, and the ``in_axes`` that maps them.
+
+    The fields named in ``values`` hold the swept values, 1-D arrays of one
+    length; the other fields keep ``base``'s values (``Kinks()`` by
+    default) and are not mapped. A plain ``in_axes=0`` fails when some
+    fields are scalars (JAX: "its rank should be at least 1"); the returned
+    axes map only the swept fields::
+
+      kinks, axes = jaxkink.Kinks.sweep(relu_s=[0.0, 0.5, 1.0],
+                                        pool_beta=[0.0, 0.0, 1.0])
+      grads = jax.vmap(grad_fn, in_axes=(axes, None))(kinks, x)
+
+    Raises:
+      ValueError: for no values, an unknown or static field (the modes
+        change the program: sweep them with a Python loop), a value that is
+        not 1-D, or lengths that differ.
+    """
+    base = cls() if base is None else base
+    leaves = [f.name for f in dataclasses.fields(cls)
+              if f.metadata.get('pytree_node', True)]
+    if not values:
+      raise ValueError('Kinks.sweep needs at least one field to sweep, e.g. '
+                       'Kinks.sweep(relu_s=[0.0, 1.0])')
+    unknown = sorted(set(values) - set(leaves))
+    if unknown:
+      raise ValueError(f'Kinks.sweep: cannot sweep {", ".join(unknown)}; the '
+                       f'kink values are {", ".join(leaves)} (the modes are '
+                       'static: loop over them instead)')
+    arrays = {k: jnp.asarray(v) for k, v in values.items()}
+    shapes = {k: a.shape for k, a in arrays.items()}
+    if any(len(sh) != 1 for sh in shapes.values()) or len(
+        set(shapes.values())) != 1:
+      raise ValueError(f'Kinks.sweep needs 1-D values of one length; got '
+                       f'shapes {shapes}')
+    axes = dict.fromkeys(leaves)
+    axes.update(dict.fromkeys(arrays, 0))
+    return base.replace(**arrays), base.replace(**axes)
+
+  @classmethod
+  def stack(cls, kinks: Sequence[Kinks]) -> Kinks:
+    """Several ``Kinks`` values as one, every field stacked on a new leading
+    axis: ``jax.vmap(f, in_axes=(0, ...))`` then maps all of them.
+
+    Raises:
+      ValueError: for an empty sequence, or values whose static modes differ.
+    """
+    kinks = list(kinks)
+    if not kinks:
+      raise ValueError('Kinks.stack needs at least one Kinks value')
+    modes = {(k.legacy_relu_grad, k.blended_pool_forward) for k in kinks}
+    if len(modes) > 1:
+      raise ValueError('Kinks.stack: the values differ in their static modes '
+                       f'(legacy_relu_grad, blended_pool_forward): {modes}; '
+                       'those change the program and cannot be stacked')
+    return jax.tree.map(lambda *xs: jnp.stack([jnp.asarray(x) for x in xs]),
+                        *kinks)
 
   def relu(self, x: ArrayLike) -> Array:
     """:func:`jaxkink.relu` with ``s = self.relu_s``."""

@@ -142,3 +142,49 @@ def test_bad_kink_shape_is_reported(rng):
   x, params = _setup(rng)
   with pytest.raises(ValueError, match='does not broadcast'):
     TinyNet().apply(params, x, jaxkink.Kinks(relu_s=jnp.ones(5)))
+
+
+def test_sweep_maps_only_the_swept_fields():
+  kinks, axes = jaxkink.Kinks.sweep(relu_s=[0.0, 0.5, 1.0],
+                                    pool_beta=[0.0, 0.0, 1.0])
+  assert axes.relu_s == 0 and axes.pool_beta == 0
+  assert axes.leaky_s is None and axes.relu6_alpha is None
+  x = jnp.zeros((1, 2, 2, 1))  # a tie in the window and ReLU'(0) at every x
+
+  def grad(k, x):
+    return jax.grad(lambda v: k.max_pool(k.relu(v), (2, 2), (2, 2)).sum())(x)
+  g = jax.vmap(grad, in_axes=(axes, None))(kinks, x)
+  # Hand-worked (DESIGN.md section 2): the pool's cotangent, native (beta =
+  # 0) all on the first of the four tied members, minimal (beta = 1) 1/4 on
+  # each, times ReLU'(0) = s.
+  want = np.zeros((3, 1, 2, 2, 1), np.float32)
+  want[1, 0, 0, 0, 0] = 0.5
+  want[2] = 0.25
+  np.testing.assert_array_equal(g, want)
+  with pytest.raises(ValueError, match='rank should be at least 1'):
+    jax.vmap(grad, in_axes=(0, None))(kinks, x)
+
+
+@pytest.mark.parametrize('values, match', [
+    ({}, 'at least one field'),
+    ({'legacy_relu_grad': [True]}, 'cannot sweep legacy_relu_grad'),
+    ({'relu_z': [0.0]}, 'cannot sweep relu_z'),
+    ({'relu_s': [0.0, 1.0], 'pool_beta': [0.0]}, 'one length'),
+    ({'relu_s': 0.5}, '1-D'),
+])
+def test_sweep_bad_values(values, match):
+  with pytest.raises(ValueError, match=match):
+    jaxkink.Kinks.sweep(**values)
+
+
+def test_stack():
+  k = jaxkink.Kinks.stack([jaxkink.Kinks(relu_s=0.0),
+                           jaxkink.Kinks(relu_s=1.0, pool_beta=1.0)])
+  np.testing.assert_array_equal(k.relu_s, [0.0, 1.0])
+  np.testing.assert_array_equal(k.pool_beta, [0.0, 1.0])
+  g = jax.vmap(lambda kk: jax.grad(lambda v: kk.relu(v))(0.0))(k)
+  np.testing.assert_array_equal(g, [0.0, 1.0])
+  with pytest.raises(ValueError, match='static modes'):
+    jaxkink.Kinks.stack([jaxkink.Kinks(), jaxkink.Kinks(legacy_relu_grad=True)])
+  with pytest.raises(ValueError, match='at least one'):
+    jaxkink.Kinks.stack([])

@@ -20,6 +20,7 @@ def test_readme_python_blocks_run(monkeypatch):
   exec(compile(tour, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert float(namespace['grads'][1]) == 0.5
   assert namespace['kinks'].pool_beta == 1.0
+  assert namespace['out'].shape == (3, 1, 10)  # Kinks.sweep, vmapped
   exec(compile(models, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['logits'].shape == (1, 10)
   exec(compile(kinkify, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
