@@ -154,6 +154,9 @@ def summarize(records: Any, *, tau: float = 0.0, alpha: float = 0.05,
                                 & ~flagged).sum()),
       'minor_pairs': int(minor.sum()),
       'major_pairs': int((differs & (l1 > tau)).sum()),
+      # TMLR: Figure 1's split at tau, Table 4's thresholds.
+      'variation_split': variation_split(records, tau, alpha),
+      'thresholds': thresholds(records),
   }
   return summary
 
@@ -228,6 +231,132 @@ MKPLOT_HEADER = ('| setting | M | line 1: % run affected | line 2: % '
                  'minibatch affected, as printed | line 3: summary(diff_L2 / '
                  'net1_L2): min / Q1 / median / mean / Q3 / max |\n'
                  '|---|---|---|---|---|')
+
+
+# --- The TMLR MaxPool paper's quantities (Boustany, TMLR; BUILD_NOTES.md,
+# issue 13 point 4). ``D`` is the records' ``l1``, ``||g1 - g0||_1`` over the
+# full parameter gradient (Definition 7; ``ryanboustany/MaxPool-numerical``
+# ``notebooks/threshold_maxpool.ipynb`` ``compute_norms``).
+
+
+def decade_histogram(d: Any, low: int, high: int) -> dict[str, Any]:
+  """The share of pairs per decade of ``D``, as the authors bin it.
+
+  ``threshold_maxpool.ipynb`` ``plot_histogram``: ``np.histogram`` with the
+  edges ``[0, 10^low, 10^(low+1), ..., 10^high]``, percentages of the
+  binned values, then the first bin ``[0, 10^low)`` replaced by the exact
+  zeros (as a percentage of all values). Here: the share of exact zeros,
+  of ``0 < D < 10^low`` (the authors drop it), of each decade
+  ``[10^k, 10^(k+1))`` (the last one closed, as numpy's), and of
+  ``D > 10^high`` (outside the authors' edges), all over every pair.
+
+  Args:
+    d: the ``D`` values, any shape.
+    low, high: the decades' exponents (the authors use -9, -1 for 32 bits).
+
+  Returns:
+    ``{'n', 'zero', 'below', 'decades': [(k, share), ...], 'above'}``.
+  """
+  v = np.asarray(d, np.float64).ravel()
+  n = v.size
+  if not n:
+    raise ValueError('no D values')
+  edges = 10.0 ** np.arange(low, high + 1)
+  counts, _ = np.histogram(v[v > 0], bins=edges)
+  return {'n': int(n), 'zero': float(np.mean(v == 0)),
+          'below': float(np.mean((v > 0) & (v < edges[0]))),
+          'decades': [(int(k), float(c / n))
+                      for k, c in zip(range(low, high), counts)],
+          'above': float(np.mean(v > edges[-1]))}
+
+
+def variation_split(records: Any, tau: float,
+                    alpha: float = 0.05) -> dict[str, Any]:
+  """TMLR Figure 1's split of the pairs by their backprop variation ``D``.
+
+  Over all ``M x R`` (theta, minibatch) pairs: no variation (the gradients
+  are bit-identical), *minor* (they differ and ``D <= tau``: compensation
+  errors near machine precision) and *major* (``D > tau``: bifurcations).
+  The paper (Section 3.1) reports 98.78% minor and 1.22% major for LeNet-5
+  on MNIST in float32; its text puts the minor ones between 1e-8 and 1e-7
+  and the major ones around 1e-3, so any ``tau`` in the gap splits alike.
+
+  Each share has two margins: McDiarmid's (the pairs of one theta are not
+  independent; what the engine reports) and Hoeffding's with ``n = M R``
+  (the paper's Appendix A.6.3 formula, which treats the pairs as i.i.d.).
+
+  Args:
+    records: a :class:`~jaxkink.montecarlo.PairRecord`, leading ``(M, R)``.
+    tau: the threshold on ``D``.
+    alpha: risk level.
+  """
+  differs = np.asarray(records.differs, bool)
+  l1 = np.asarray(records.l1, np.float64)
+  m, r = differs.shape
+  parts = {'none': ~differs, 'minor': differs & (l1 <= tau),
+           'major': differs & (l1 > tau)}
+  mcd = mcdiarmid_margin(m, r, alpha)
+  hoe = hoeffding_margin(m * r, alpha)
+  out: dict[str, Any] = {'tau': tau, 'pairs': int(m * r)}
+  for name, mask in parts.items():
+    p = float(mask.mean())
+    out[name] = {'count': int(mask.sum()), **_interval(p, mcd),
+                 'margin_hoeffding_pairs': hoe}
+  return out
+
+
+def thresholds(records: Any) -> dict[str, Any]:
+  """TMLR Table 4's thresholds from one run's records.
+
+  ``tau1`` (eq. 13) is the largest ``D`` over all pairs of a run that
+  compares a program with a copy of itself; ``tau2`` (eq. 14) the smallest
+  nonzero ``D`` of a run comparing ReLU'(0) = 0 with ReLU'(0) = 1. Both are
+  computed for every run (``max`` and ``min_nonzero``); which one is Table
+  4's depends on the run. ``threshold_maxpool.ipynb`` ``diffMaxpool``
+  returns ``df['norm'].max()``, or for 16 bits ``df[df['norm'] >
+  0]['norm'].min()``. The paper prints powers of ten ("approximated as
+  powers of 10"): ``*_pow10`` is ``10^round(log10 value)``; the paper's
+  Table 1 rounds 5.96e-8 to 1e-7 that way. An empty minimum (no nonzero
+  ``D``) is 0, as Table 4 prints tau2 in 64 bits.
+  """
+  l1 = np.asarray(records.l1, np.float64).ravel()
+  pos = l1[l1 > 0]
+  big = float(l1.max()) if l1.size else 0.0
+  small = float(pos.min()) if pos.size else 0.0
+  return {'max': big, 'max_pow10': pow10(big), 'min_nonzero': small,
+          'min_nonzero_pow10': pow10(small), 'nonzero_pairs': int(pos.size),
+          'pairs': int(l1.size)}
+
+
+def pow10(v: float) -> float:
+  """``10^round(log10 v)`` for ``v > 0``; 0 for 0."""
+  if v < 0 or not math.isfinite(v):
+    raise ValueError(f'expected a finite value >= 0, got {v}')
+  return 0.0 if v == 0 else 10.0 ** round(math.log10(v))
+
+
+def tau_table(records: Any, taus: Any,
+              alpha: float = 0.05) -> list[dict[str, Any]]:
+  """Theta in ``S(tau)`` and impacted pairs (``differs`` and ``D > tau``)
+  for several thresholds on the same records (TMLR eq. 18 and 19; tau = 0:
+  any exact difference)."""
+  differs = np.asarray(records.differs, bool)
+  l1 = np.asarray(records.l1, np.float64)
+  m, r = differs.shape
+  rows = []
+  for tau in taus:
+    tau = float(tau)
+    impacted = differs & (l1 > tau) if tau > 0 else differs
+    in_zone = impacted.any(axis=1)
+    rows.append({'tau': tau,
+                 'theta_in_zone': {'count': int(in_zone.sum()),
+                                   **_interval(float(in_zone.mean()),
+                                               hoeffding_margin(m, alpha))},
+                 'impacted_pairs': {'count': int(impacted.sum()),
+                                    **_interval(float(impacted.mean()),
+                                                mcdiarmid_margin(m, r,
+                                                                 alpha))}})
+  return rows
 
 
 def first_difference_curve(differs: Any, batch_sizes: Any,
