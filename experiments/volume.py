@@ -58,6 +58,21 @@ RUN_FLAGS = ('model', 'model_opt', 'kinks', 'legacy_relu_grad', 'precision',
              'samples', 'chunk', 'batch_size', 'dataset', 'train_size',
              'normalize', 'screen', 'seed', 'tau', 'first_layer_only',
              'batch_norm_mode', 'theta_loop')
+# Flags a run also takes from a preset, recorded in the run directory's
+# settings only when set (so that run directories written before they
+# existed still resume): their default leaves every record unchanged.
+OPTIONAL_RUN_FLAGS = ('augment',)
+
+# The CIFAR-10 sample beside the project (../shared/data/README.md): the
+# first 4000 images of data_batch_1, HWC uint8, in one npz file.
+CIFAR10_SAMPLE = 'cifar10_sample'
+CIFAR10_SAMPLE_FILE = os.path.join('cifar10-first4000',
+                                   'cifar10_first4000.npz')
+DATASETS = tuple(data_lib.DATASETS) + (CIFAR10_SAMPLE,)
+
+# The key of the augmentation draw: fold_in(key(seed), AUGMENT_INDEX); the
+# thetas use fold_in(key(seed), m) with m < M, far below it.
+AUGMENT_INDEX = 2**31 - 1
 
 
 def define_flags() -> None:
@@ -80,7 +95,16 @@ def define_flags() -> None:
   flags.DEFINE_integer('batch_size', 256, 'Minibatch size (the last partial '
                        'minibatch is kept, as PyTorch DataLoader does).')
   flags.DEFINE_string('dataset', 'mnist', 'Dataset: ' +
-                      ', '.join(data_lib.DATASETS) + '.')
+                      ', '.join(DATASETS) + f' ({CIFAR10_SAMPLE}: '
+                      f'{CIFAR10_SAMPLE_FILE} in --data_dir, all 4000 '
+                      'images).')
+  flags.DEFINE_bool('augment', False, 'RandomCrop(32, padding=4) and '
+                    'RandomHorizontalFlip() on the training images, drawn '
+                    'once from the seed, the same for every theta (the TMLR '
+                    "volume notebook's CIFAR-10 loader draws them anew for "
+                    'every theta).')
+  flags.DEFINE_list('only', None, "Run only these labels of the preset's "
+                    'runs.')
   flags.DEFINE_string('data_dir', None, 'Directory with the native dataset '
                       f'files (default ${data_lib.ENV_VAR}, else the bundled '
                       'MNIST sample).')
@@ -108,7 +132,7 @@ def define_flags() -> None:
   cli.check('kinks', parse_kinks, 'see --helpfull')
   cli.check('model', lambda v: models.options(v) is not None,
             'see --helpfull')
-  cli.check_choice('dataset', data_lib.DATASETS)
+  cli.check_choice('dataset', DATASETS)
   cli.check('model_opt', lambda v: parse_model_opts(v) is not None,
             'expected key=value')
   cli.check('tau', lambda v: cli.finite_float(v, '--tau') >= 0,
@@ -149,14 +173,35 @@ def theta_loop(choice: str) -> str:
 
 _DATA_CACHE: dict[Any, Any] = {}
 
+# Thresholds of the summary's ``tau_table``: 0 and 1e-16 .. 1.
+TAU_LADDER = (0.0,) + tuple(10.0 ** k for k in range(-16, 1))
+
 
 def _dataset(name: str, data_dir: str | None):
   # Keyed by the directory in force ($JAXKINK_DATA_DIR when data_dir is
   # None), so that a change of the environment is not served stale data.
   key = (name, data_lib.resolve_data_dir(data_dir))
   if key not in _DATA_CACHE:
-    _DATA_CACHE[key] = data_lib.load(name, 'train', data_dir=data_dir)
+    _DATA_CACHE[key] = (_cifar10_sample(data_dir) if name == CIFAR10_SAMPLE
+                        else data_lib.load(name, 'train', data_dir=data_dir))
   return _DATA_CACHE[key]
+
+
+def _cifar10_sample(data_dir: str | None) -> data_lib.Dataset:
+  """The CIFAR-10 sample as a ``cifar10`` train split whose source starts
+  with ``sample:`` (so the summary warns that it is not the full set)."""
+  directory = data_lib.resolve_data_dir(data_dir)
+  path = os.path.join(directory or '', CIFAR10_SAMPLE_FILE)
+  if directory is None or not os.path.exists(path):
+    raise cli.UsageValueError(f'--dataset={CIFAR10_SAMPLE} needs '
+                              f'{CIFAR10_SAMPLE_FILE} in --data_dir')
+  with np.load(path) as z:
+    x, y = np.asarray(z['x'], np.uint8), np.asarray(z['y'], np.int32)
+  # The path as given (relative stays relative), not the resolved one.
+  shown = os.path.join(data_dir or f'${data_lib.ENV_VAR}', CIFAR10_SAMPLE_FILE)
+  return data_lib.Dataset('cifar10', 'train', x, y,
+                          f'sample: {shown} (the first {len(y)} images of '
+                          'CIFAR-10 data_batch_1)')
 
 
 class Prepared(NamedTuple):
@@ -196,7 +241,10 @@ def prepare(cfg: dict[str, Any], data_dir: str | None) -> Prepared:
   except (TypeError, ValueError) as e:
     raise cli.UsageValueError(f'--model={cfg["model"]} --model_opt='
                               f'{",".join(cfg["model_opt"])}: {e}') from e
-  x = data_lib.preprocess(dataset.images[:n], dataset.info,
+  images = dataset.images[:n]
+  if cfg.get('augment', False):
+    images = augmented(images, cfg['seed'])
+  x = data_lib.preprocess(images, dataset.info,
                           normalize=cfg['normalize'],
                           dtype=policy.input_dtype)
   y = jnp.asarray(dataset.labels[:n])
@@ -209,12 +257,27 @@ def prepare(cfg: dict[str, Any], data_dir: str | None) -> Prepared:
                              theta_loop=theta_loop(cfg['theta_loop']))
   described = dataset.describe()
   source = {'source': described.pop('source')}  # where, not what: recorded
-  settings = {'flags': {k: cfg[k] for k in RUN_FLAGS},
+  settings = {'flags': run_flags(cfg),
               'theta_loop': engine.theta_loop,
               'data': {**described, 'num_examples_used': n,
                        'sha256': _data_digest(dataset, n)},
               'policy': policy.to_dict(), 'model': repr(model)}
   return Prepared(engine, x, y, settings, source)
+
+
+def augmented(images: np.ndarray, seed: int) -> np.ndarray:
+  """``images`` through :func:`jaxkink.data.random_crop_flip` (zero padding
+  4, crop, flip) with the key ``fold_in(key(seed), AUGMENT_INDEX)``."""
+  key = jax.random.fold_in(jax.random.key(seed), AUGMENT_INDEX)
+  return np.asarray(data_lib.random_crop_flip(key, jnp.asarray(images)))
+
+
+def run_flags(cfg: dict[str, Any]) -> dict[str, Any]:
+  """The flags of a run as recorded: every ``RUN_FLAGS`` entry, and the
+  ``OPTIONAL_RUN_FLAGS`` that are set."""
+  out = {k: cfg[k] for k in RUN_FLAGS}
+  out.update({k: cfg[k] for k in OPTIONAL_RUN_FLAGS if cfg.get(k)})
+  return out
 
 
 def _data_digest(dataset, n: int) -> str:
@@ -247,8 +310,12 @@ def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
     return {}
   summary = zones.summarize(records, tau=cfg['tau'],
                             first_layer_only=cfg['first_layer_only'])
+  # The zone at every power of ten (TMLR's thresholds among them), from the
+  # same records.
+  summary['tau_table'] = zones.tau_table(records, TAU_LADDER)
+  summary['d_decades'] = zones.decade_histogram(records.l1, -18, 1)
   summary['seconds'] = time.perf_counter() - t0
-  summary['config'] = {k: cfg[k] for k in RUN_FLAGS}
+  summary['config'] = run_flags(cfg)
   run.write_json('summary.json', summary)
   log(f'[{name}] theta in S: '
       f'{100 * summary["theta_in_zone"]["p"]:.1f}% '
@@ -279,6 +346,7 @@ def run_header(cfg: dict[str, Any], prepared: Prepared,
       'examples': n, 'dataset_examples': data['num_examples'],
       'dataset': f'{data["name"]} {data["split"]}',
       'normalize': bool(cfg['normalize']),
+      'augment': bool(cfg.get('augment', False)),
       'source': prepared.source['source'],
       'sample': prepared.source['source'].startswith('sample:'),
       'policy': str(engine.policy), 'theta_loop': engine.theta_loop,
@@ -294,14 +362,21 @@ def _settings_lines(headers: Sequence[dict[str, Any]],
     used = sorted({(h['dataset'], h['examples'], h['dataset_examples'])
                    for h in headers if h['source'] == source})
     what = ', '.join(f'{d}: {n} of {total} examples' for d, n, total in used)
-    kind = ('**the bundled sample**' if source.startswith('sample:')
-            else 'full data set')
+    kind = ('full data set' if not source.startswith('sample:') else
+            '**a sample, not the full data set**'
+            if CIFAR10_SAMPLE_FILE in source else '**the bundled sample**')
     lines.append(f'- data: {what} ({kind}); source `{source}`')
-  if any(h['sample'] for h in headers):
+  if any(h['sample'] and h['dataset'].startswith('mnist') for h in headers):
     lines.append('- **WARNING: the bundled MNIST sample (a few thousand '
                  'digits) was used, not the full data set: a smoke test, not '
                  "the paper's experiment. Pass --data_dir (or set "
                  f'{data_lib.ENV_VAR}) for real numbers.**')
+  for h in headers:
+    if h['sample'] and not h['dataset'].startswith('mnist'):
+      lines.append(f'- **WARNING ({h["label"]}): a sample of {h["dataset"]} '
+                   f'({h["examples"]} examples, R = {h["minibatches"]}) was '
+                   "used, not the full data set: fewer minibatches than the "
+                   "paper's, so a theta has fewer chances to enter S.**")
   versions = env.get('versions', {})
   lines.append(
       f'- backend: {env.get("backend")} ({env.get("device_count")} x '
@@ -318,7 +393,8 @@ def _settings_lines(headers: Sequence[dict[str, Any]],
         f'| {h["label"]} | {h["model"]} ({h["init"]}) | {h["kinks"]} | '
         f'{h["rule"]} | {h["test"]} | {h["samples"]} | {h["minibatches"]} '
         f'({h["batch_size"]}, {h["last_batch"]}) | '
-        f'{"normalised" if h["normalize"] else "[0, 1]"} | {h["policy"]} | '
+        f'{"normalised" if h["normalize"] else "[0, 1]"}'
+        f'{", crop+flip once" if h.get("augment") else ""} | {h["policy"]} | '
         f'{h["theta_loop"]} | {h["seed"]} |')
   return lines
 
@@ -365,17 +441,20 @@ def summary_markdown(title: str, runs: Sequence[volume_presets.Run],
         lines.append(zones.format_summary(r.label, s))
     if paper is not None:
       lines.append(_paper_row(paper))
+  lines += tmlr_lines(runs, summaries)
   lines += ['', 'What each column is:', '']
   lines += [f'- **{name}**: {text}' for name, text in zones.METRICS]
   notes = [(p.source, m, getattr(p, m)) for p in papers
-           for m in volume_presets.Paper.METRICS
+           for m in (volume_presets.Paper.METRICS
+                     + volume_presets.Paper.TMLR_METRICS)
            if getattr(p, m) is not None and getattr(p, m).note]
   if notes:
     lines += ['', "The paper's values, as its authors' scripts compute "
               'them:', '']
     lines += [f'- {source}, {metric}: {v.note}.' for source, metric, v
               in notes]
-  scripts = sorted({p.script for p in papers if p.script})
+  scripts = sorted({p.script for p in papers if p.script
+                    and p.script.startswith('deel-ai/')})
   if scripts:
     lines += ['', f'## As {", ".join(scripts)} computes them', '',
               'Our records put through the script\'s own formulas (its '
@@ -394,13 +473,91 @@ def summary_markdown(title: str, runs: Sequence[volume_presets.Run],
   return '\n'.join(lines) + '\n'
 
 
+TMLR_HEADER = ('| setting | M x R pairs | tau | D = 0 (no variation) | minor: 0 '
+               '< D <= tau | major: D > tau | max D (tau1 of a control) | '
+               'min nonzero D (tau2) |\n|---|---|---|---|---|---|---|---|')
+
+
+def _share(iv: dict[str, Any]) -> str:
+  return (f'{zones.format_interval(iv)} (+-'
+          f'{zones.percent(iv["margin_hoeffding_pairs"])} i.i.d.)')
+
+
+def _sci(v: float) -> str:
+  return '0' if v == 0 else f'{v:.3g} (~1e{round(np.log10(v))})'
+
+
+def _tmlr_paper_cell(value: volume_presets.PaperValue | None) -> str:
+  if value is None:
+    return '-'
+  return value.printed if value.printed.endswith('%') else (
+      f'{value.printed} (= {value.value:g})')
+
+
+def tmlr_lines(runs: Sequence[volume_presets.Run],
+               summaries: Sequence[dict[str, Any]]) -> list[str]:
+  """The TMLR paper's quantities (Figure 1's split, Table 4's thresholds,
+  the zone at the authors' thresholds) beside the paper's values, for the
+  runs that are compared with a TMLR column (empty otherwise)."""
+  tmlr = [(r, s) for r, s in zip(runs, summaries)
+          if r.paper and (any(getattr(r.paper, m) is not None
+                              for m in volume_presets.Paper.TMLR_METRICS)
+                          or r.paper.taus or 'TMLR' in r.paper.source)]
+  if not tmlr:
+    return []
+  lines = ['', '## TMLR quantities', '',
+           'D is the L1 norm of the difference of the full parameter '
+           'gradients (Definition 7). Shares are over all M x R pairs with '
+           "McDiarmid's 95% interval, and Hoeffding's margin with n = M R "
+           "(Appendix A.6.3's formula, pairs taken as i.i.d.).", '',
+           TMLR_HEADER]
+  for r, s in tmlr:
+    split, thr = s.get('variation_split'), s.get('thresholds')
+    if split is None or thr is None:
+      continue
+    lines.append(f'| {r.label} | {split["pairs"]} | {split["tau"]:g} | '
+                 f'{_share(split["none"])} | {_share(split["minor"])} | '
+                 f'{_share(split["major"])} | {_sci(thr["max"])} | '
+                 f'{_sci(thr["min_nonzero"])} |')
+    p = r.paper
+    if any(getattr(p, m) is not None
+           for m in volume_presets.Paper.TMLR_METRICS):
+      lines.append(f'| paper: {p.source} | {p.samples} x {p.minibatches} | '
+                   f'| - | {_tmlr_paper_cell(p.minor_pairs)} | '
+                   f'{_tmlr_paper_cell(p.major_pairs)} | '
+                   f'{_tmlr_paper_cell(p.tau_max)} | '
+                   f'{_tmlr_paper_cell(p.tau_min_nonzero)} |')
+  zoned = [(r, s) for r, s in tmlr if r.paper.taus and s.get('tau_table')]
+  if zoned:
+    lines += ['', 'The zone at other thresholds (same records; theta in '
+              "S(tau): 95% Hoeffding, impacted pairs: 95% McDiarmid):", '',
+              '| setting | threshold | tau | theta in S(tau) | impacted '
+              'pairs |', '|---|---|---|---|---|']
+    for r, s in zoned:
+      table = {row['tau']: row for row in s['tau_table']}
+      for what, tau in (('exact (any difference)', 0.0),
+                        ('this run', float(r.flags.get('tau', 0.0))),
+                        *r.paper.taus):
+        row = table.get(float(tau))
+        if row is None:
+          continue
+        lines.append(f'| {r.label} | {what} | {tau:g} | '
+                     f'{zones.format_interval(row["theta_in_zone"])} | '
+                     f'{zones.format_interval(row["impacted_pairs"])} |')
+  return lines
+
+
 def plot_title(name: str, headers: Sequence[dict[str, Any]]) -> str:
   """The figure's title: models, data, M and kinks of the runs."""
   def values(key):
     return ', '.join(str(v) for v in dict.fromkeys(h[key] for h in headers))
   data = values('dataset')
   sizes = values('examples')
-  sample = ' (bundled sample)' if any(h['sample'] for h in headers) else ''
+  sample = ''
+  if any(h['sample'] for h in headers):
+    sample = (' (bundled sample)' if any(
+        h['sample'] and h['dataset'].startswith('mnist') for h in headers)
+              else ' (a sample, not the full set)')
   return (f'{name}: {values("model")}\n{data}, {sizes} examples{sample}; '
           f'M = {values("samples")}; kinks {values("kinks")}')
 
@@ -433,21 +590,17 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
   plt = rundir.pyplot()
   kind = preset.plot if preset else 'bars'
   if kind == 'histogram':
-    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.8),
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.6 * len(runs), 4.0),
                              squeeze=False)
-    for ax, run in zip(axes[0], runs):
+    for ax, run, s in zip(axes[0], runs, summaries):
       rec = montecarlo.load_records(os.path.join(out, run.label),
                                     -(-run.flags['samples']
                                       // run.flags['chunk']))
-      d = np.asarray(rec.l1, np.float64).ravel()
-      zero = np.mean(d == 0)
-      pos = d[d > 0]
-      if pos.size:
-        ax.hist(np.log10(pos), bins=50)
-      ax.set_title(f'{run.label}\nD = 0 in {100 * zero:.1f}% of pairs',
-                   fontsize=9)
-      ax.set_xlabel('log10 D (L1 backprop variation), D > 0')
-    axes[0][0].set_ylabel('(theta, minibatch) pairs')
+      _histogram_panel(ax, run, s, np.asarray(rec.l1, np.float64).ravel())
+    axes[0][0].set_ylabel('share of (theta, minibatch) pairs (%)')
+  elif kind == 'thresholds':
+    fig, ax = plt.subplots(figsize=(max(6, 0.75 * len(runs)), 4.5))
+    _thresholds_panel(ax, runs, summaries)
   elif kind == 'sweep':
     fig, ax = plt.subplots(figsize=(6, 4.2))
     _sweep_panel(ax, preset.x, runs, summaries)
@@ -469,33 +622,132 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
     ax.set_ylabel('theta in S so far (%), 95% Hoeffding')
     ax.set_ylim(-3, 103)
     ax.legend(title='precision')
+  elif kind == 'bars_pairs':
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.8 * len(runs)), 4.5))
+    _bars_panel(axes[0], runs, [s['theta_in_zone'] for s in summaries],
+                [r.paper and r.paper.theta_in_zone for r in runs],
+                'theta in S(tau) (%), 95% Hoeffding', 'jaxkink')
+    _bars_panel(axes[1], runs, [s['impacted_pairs'] for s in summaries],
+                [r.paper and r.paper.impacted_pairs for r in runs],
+                'impacted minibatches (%), 95% McDiarmid', 'jaxkink')
   else:
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(runs)), 4.5))
-    xs = np.arange(len(runs))
-    zs = [s['theta_in_zone'] for s in summaries]
-    ax.bar(xs, [100 * z['p'] for z in zs], width=0.6,
-           yerr=_clipped_err(zs), capsize=3,
-           label='jaxkink (95% Hoeffding)')
-    marked = [(x, r.paper.theta_in_zone) for x, r in zip(xs, runs)
-              if r.paper and r.paper.theta_in_zone
-              and r.paper.theta_in_zone.value is not None]
-    if marked:
-      ax.errorbar([x + 0.38 for x, _ in marked],
-                  [100 * v.value for _, v in marked],
-                  yerr=_clipped_err([_paper_interval(v) for _, v in marked]),
-                  fmt='D', color='tab:red', capsize=3,
-                  label="paper (printed HCI)")
-    ax.set_xticks(xs, [r.label for r in runs], rotation=45, ha='right',
-                  fontsize=8)
-    ax.set_xlabel('run')
-    ax.set_ylabel('theta in S (%), 95% interval')
-    ax.set_ylim(-2, 118)
-    ax.legend(fontsize=8, loc='upper center', ncol=2)
+    _bars_panel(ax, runs, [s['theta_in_zone'] for s in summaries],
+                [r.paper and r.paper.theta_in_zone for r in runs],
+                'theta in S (%), 95% interval', 'jaxkink (95% Hoeffding)')
   if title:
     fig.suptitle(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(os.path.join(out, 'volume.png'), dpi=120)
+  fig.savefig(os.path.join(out, 'volume.png'), dpi=100)
   plt.close(fig)
+
+
+def _bars_panel(ax, runs, intervals, papers, ylabel: str, label: str) -> None:
+  """Bars of ``intervals`` (clipped error bars) with the paper's values
+  (``papers``, PaperValue or None per run) as red markers beside them."""
+  xs = np.arange(len(runs))
+  ax.bar(xs, [100 * z['p'] for z in intervals], width=0.6,
+         yerr=_clipped_err(intervals), capsize=3, label=label)
+  marked = [(x, v) for x, v in zip(xs, papers)
+            if v and v.value is not None]
+  if marked:
+    ax.errorbar([x + 0.38 for x, _ in marked],
+                [100 * v.value for _, v in marked],
+                yerr=_clipped_err([_paper_interval(v) for _, v in marked]),
+                fmt='D', color='tab:red', capsize=3,
+                label='paper (printed HCI)')
+  ax.set_xticks(xs, [r.label for r in runs], rotation=45, ha='right',
+                fontsize=8)
+  ax.set_xlabel('run')
+  ax.set_ylabel(ylabel)
+  ax.set_ylim(-2, 118)
+  ax.legend(fontsize=8, loc='upper center', ncol=2)
+
+
+def _histogram_panel(ax, run, summary, d: np.ndarray) -> None:
+  """TMLR Figures 1-3: the share of pairs per decade of D (the authors'
+  ``plot_histogram`` bins), D = 0 as its own bar, tau as a dashed line, our
+  minor / major shares and the paper's as markers."""
+  h = zones.decade_histogram(d, -18, 1)
+  used = [k for k, v in h['decades'] if v > 0]
+  lo, hi = (min(used) - 1, max(used) + 2) if used else (-9, -6)
+  ks = [k for k, _ in h['decades'] if lo <= k < hi]
+  shares = dict(h['decades'])
+  zero_x = lo - 1.5
+  floor = 100 * 0.5 / max(h['n'], 1)
+  ax.bar([zero_x], [100 * h['zero']], width=0.8, color='tab:gray',
+         label='D = 0')
+  ax.bar([k + 0.5 for k in ks], [100 * shares[k] for k in ks], width=0.9,
+         color='tab:blue', label='0 < D, per decade')
+  ax.set_yscale('log')
+  ax.set_ylim(floor, 200)
+  ax.set_xticks([zero_x] + list(range(lo, hi + 1)),
+                ['0'] + [str(k) for k in range(lo, hi + 1)], fontsize=7)
+  ax.set_xlabel('log10 D (L1 backprop variation); left bar: D = 0')
+  split = summary.get('variation_split')
+  tau = split['tau'] if split else 0.0
+  if tau > 0:
+    ax.axvline(np.log10(tau), color='k', ls='--', lw=0.8,
+               label=f'tau = {tau:g}')
+  groups = []
+  if split:
+    for name in ('minor', 'major'):
+      mask = ((d > 0) & (d <= tau)) if name == 'minor' else (d > tau)
+      if mask.any():
+        x = float(np.median(np.log10(d[mask])))
+        groups.append((name, x, split[name]['p']))
+  if groups:
+    ax.plot([x for _, x, _ in groups], [100 * p for _, _, p in groups], 'o',
+            mfc='none', color='tab:blue', ms=8,
+            label='ours: minor / major share')
+  paper = run.paper
+  if paper and (paper.minor_pairs or paper.major_pairs):
+    # Where the paper puts them: minor in [1e-8, 1e-7], major near 1e-3.
+    pts = [(x, v.value) for x, v in ((-7.5, paper.minor_pairs),
+                                     (-3.0, paper.major_pairs))
+           if v is not None and v.value]
+    if pts:
+      ax.plot([x for x, _ in pts], [100 * v for _, v in pts], 'D',
+              color='tab:red', label='paper: minor / major share')
+  text = ', '.join(f'{n} {zones.percent(p)}%' for n, _, p in groups)
+  ax.set_title(f'{run.label}, {run.flags["precision"]}\n'
+               f'D = 0 in {zones.percent(h["zero"])}% of {h["n"]} pairs'
+               + (f'; {text}' if text else ''), fontsize=8)
+  ax.legend(fontsize=6, loc='upper right')
+
+
+_ZERO_LEVEL = -20   # where a threshold of 0 is drawn on the log10 axis
+
+
+def _thresholds_panel(ax, runs, summaries) -> None:
+  """TMLR Table 4: per run, max D (a control: tau1) or the smallest nonzero
+  D (ReLU'(0) = 0 against 1: tau2), log10, with the paper's values."""
+  xs = np.arange(len(runs))
+  ours, papers = [], []
+  for r, s in zip(runs, summaries):
+    thr = s['thresholds']
+    tau2 = bool(r.paper and r.paper.tau_min_nonzero is not None) or (
+        'relu' in r.flags['kinks'])
+    v = thr['min_nonzero'] if tau2 else thr['max']
+    ours.append(np.log10(v) if v > 0 else _ZERO_LEVEL)
+    pv = r.paper and (r.paper.tau_min_nonzero if tau2 else r.paper.tau_max)
+    papers.append(None if not pv else (np.log10(pv.value) if pv.value > 0
+                                       else _ZERO_LEVEL))
+  bottom = _ZERO_LEVEL - 1
+  ax.bar(xs, [o - bottom for o in ours], bottom=bottom, width=0.6,
+         label='jaxkink: max D (tau1) or min nonzero D (tau2)')
+  marked = [(x, p) for x, p in zip(xs, papers) if p is not None]
+  if marked:
+    ax.plot([x + 0.3 for x, _ in marked], [p for _, p in marked], 'D',
+            color='tab:red', label='paper Table 4 (powers of 10)')
+  ax.axhline(_ZERO_LEVEL, color='k', lw=0.5, ls=':')
+  ax.text(-0.5, _ZERO_LEVEL + 0.2, 'threshold 0', fontsize=7)
+  ax.set_xticks(xs, [r.label for r in runs], rotation=45, ha='right',
+                fontsize=8)
+  ax.set_xlabel('run (control: tau1; relu01: tau2)')
+  ax.set_ylabel('log10 threshold')
+  ax.set_ylim(bottom, 2)
+  ax.legend(fontsize=8, loc='upper left')
 
 
 def _sweep_panel(ax, x_name: str, runs, summaries) -> None:
@@ -524,15 +776,25 @@ def _sweep_panel(ax, x_name: str, runs, summaries) -> None:
 
 
 def _runs_from_flags() -> tuple[volume_presets.Preset | None, list]:
-  given = {name for name in RUN_FLAGS if FLAGS[name].present}
-  current = {name: FLAGS[name].value for name in RUN_FLAGS}
+  names = RUN_FLAGS + OPTIONAL_RUN_FLAGS
+  given = {name for name in names if FLAGS[name].present}
+  current = {name: FLAGS[name].value for name in names}
   if FLAGS.preset is None:
+    if FLAGS.only:
+      raise app.UsageError('--only selects runs of a --preset')
     return None, [volume_presets.Run(
         p, {**current, 'precision': p}) for p in FLAGS.precision]
   preset = volume_presets.PRESETS[FLAGS.preset]
+  labels = {r.label for r in preset.runs}
+  unknown = sorted(set(FLAGS.only or ()) - labels)
+  if unknown:
+    raise app.UsageError(f'--only: no run {", ".join(unknown)} in preset '
+                         f'{FLAGS.preset}; its runs: {", ".join(sorted(labels))}')
   runs = []
   for run in preset.runs:
     if 'precision' in given and run.flags['precision'] not in FLAGS.precision:
+      continue
+    if FLAGS.only and run.label not in FLAGS.only:
       continue
     merged = {**current, **run.flags,
               **{k: current[k] for k in given if k != 'precision'}}

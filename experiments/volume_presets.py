@@ -58,8 +58,18 @@ class Paper:
   impacted_pairs: PaperValue | None = None
   rel_l2_first_quartiles: PaperValue | None = None
   script: str = ''
+  minor_pairs: PaperValue | None = None
+  major_pairs: PaperValue | None = None
+  tau_max: PaperValue | None = None
+  tau_min_nonzero: PaperValue | None = None
+  taus: tuple[tuple[str, float], ...] = ()
 
   METRICS = ('theta_in_zone', 'impacted_pairs', 'rel_l2_first_quartiles')
+  # The TMLR paper's quantities: Figure 1's split of the pairs (summary key
+  # ``variation_split``), Table 4's thresholds (``thresholds``). ``taus``:
+  # other thresholds the authors used, (what, tau), for which the summary
+  # gives the zone too.
+  TMLR_METRICS = ('minor_pairs', 'major_pairs', 'tau_max', 'tau_min_nonzero')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,40 +194,176 @@ def _vgg_resnet_bn() -> tuple[Run, ...]:
   return tuple(runs)
 
 
-_CIFAR_POOL = dict(dataset='cifar10', normalize=True, batch_size=128,
-                   kinks='pool:0,1', samples=1000)
+# --- Boustany, TMLR: ``ryanboustany/MaxPool-numerical`` (HEAD ec0eba5), the
+# authors' procedure point for point (BUILD_NOTES.md, issue 13 point 4).
+# "vol" is notebooks/volume_estimation_by_architecture.ipynb (Table 2 and
+# Figure 4), "thr" notebooks/threshold_maxpool.ipynb (Table 4 and the
+# histograms), cells numbered from 0 as stored.
+
+TMLR_REPO = 'ryanboustany/MaxPool-numerical'
+
+# thr cell 7 diffMaxpool -> data_utils.get_mnist_loaders: ToTensor(),
+# Normalize((0.5,), (0.5,)), the training set, DataLoader(batch_size=128,
+# shuffle=True): 469 minibatches, the last 96. thr cell 5 build_models:
+# LeNet5 (models/lenet.py), net.apply(weight_reset), i.e. PyTorch's
+# reset_parameters (float32 draws, then net.half() / net.double()); ReLUAlpha
+# (relu.py: multiplies the upstream gradient); compute_norms: the sum over
+# parameter tensors of torch.norm(p1.grad - p2.grad, 1), i.e. the L1 norm of
+# the full gradient difference (Definition 7's D).
+TMLR_MNIST = dict(model='lenet5', model_opt=(), dataset='mnist',
+                  train_size=None, normalize=True, batch_size=128,
+                  legacy_relu_grad=False, first_layer_only=False)
+
+# vol cells 2, 3 and 5: VGG('VGG11') without batch norm, init_weights (conv
+# kaiming_uniform_(fan_in, relu), bias 0; Linear N(0, 0.01^2), bias 0:
+# 'tmlr'); CIFAR-10 train with RandomCrop(32, padding=4),
+# RandomHorizontalFlip(), ToTensor(), Normalize(kuangliu's mean and std);
+# DataLoader(batch_size=128), no shuffle: 391 minibatches, the last 80;
+# MaxPool2DBeta(0) against MaxPool2DBeta(1), ReLUAlpha(0) in both.
+TMLR_CIFAR_VOLUME = dict(model='vgg11', model_opt=('init_scheme=tmlr',),
+                         dataset='cifar10', train_size=None, normalize=True,
+                         augment=True, batch_size=128, kinks='pool:0,1',
+                         legacy_relu_grad=False, first_layer_only=False)
+
+# Section 3.2: "Thresholds tau2_16, tau1_32 and tau1_64 were consistently
+# applied", Table 4's VGG-11 / CIFAR-10 row: 1e-1, 1e-8, 1e-14 on D (L1).
+TMLR_TABLE2_TAU = {'float16': 1e-1, 'float32': 1e-8, 'float64': 1e-14}
+# vol cell 5 (the one whose output is Table 2's kind of ratio) uses 1e-3,
+# 1e-7, 1e-15 instead, on the sum over tensors of the L-infinity norms.
+TMLR_NOTEBOOK_TAU = {'float16': 1e-3, 'float32': 1e-7, 'float64': 1e-15}
+# The paper's M (Section 3.2, Table 2's caption); vol cell 5 ran M = 1.
+TMLR_TABLE2_SAMPLES = 1000
+# Figure 1's minor / major split: Table 4's tau1 of LeNet-5 in 32 bits (the
+# threshold Section 3.2 applies in 32 bits); the paper's minor variations
+# lie in [1e-8, 1e-7], the major ones around 1e-3, so the split is the same
+# for any tau in the gap.
+TMLR_FIG1_TAU = 1e-6
+# thr cell 8: nb_experiments = 100; diffMaxpool: 64 bits -> 1.
+TMLR_TABLE4_SAMPLES = {'float16': 100, 'float32': 100, 'float64': 1}
+
+_HOEFFDING_1000 = 0.0429   # sqrt(ln(40) / 2000), A.6.3, n = M = 1000
+_MCDIARMID_1000_391 = 0.081  # sqrt(0.5 (1/1000 + 1/391) ln 40)
+_TABLE2_NOTE = ('Table 2 prints no interval; the margin is Appendix A.6.3\'s '
+                'formula with the paper\'s M = 1000 and R = 391')
+
+
+def _table2_paper(p: str, theta: str, pairs: str) -> Paper:
+  return Paper(
+      f'TMLR Table 2, {p[5:]} bits', TMLR_TABLE2_SAMPLES, 391,
+      PaperValue(theta, float(theta.rstrip('%')) / 100, _HOEFFDING_1000,
+                 _TABLE2_NOTE),
+      PaperValue(pairs, float(pairs.rstrip('%')) / 100, _MCDIARMID_1000_391,
+                 _TABLE2_NOTE),
+      script=f'{TMLR_REPO} notebooks/volume_estimation_by_architecture.ipynb',
+      taus=(('vol cell 5 threshold (its D is a sum of L-inf norms)',
+             TMLR_NOTEBOOK_TAU[p]),))
+
+
+TABLE2_PAPER = {
+    'float16': _table2_paper('float16', '100%', '100%'),
+    'float32': _table2_paper('float32', '100%', '46.67%'),
+    'float64': _table2_paper('float64', '0%', '0%'),
+}
+
+FIG1_PAPER = Paper(
+    'TMLR Figure 1 (LeNet-5 MNIST, 32 bits, CPU)', 1000, 469,
+    minor_pairs=PaperValue('98.78%', 0.9878, None,
+                           'Section 3.1: minor variations, between 1e-8 and '
+                           '1e-7, "98.78% of parameters"; D > 0 in every '
+                           'pair'),
+    major_pairs=PaperValue('1.22%', 0.0122, None,
+                           'Section 3.1: major variations, peaking at 1e-3'),
+    script='(no script in the repository writes Figure 1; thr diffMaxpool '
+    'computes the same D)')
+
+FIG1_CONTROL_PAPER = Paper(
+    'TMLR Figure 1, P against its copy', 1000, 469,
+    minor_pairs=PaperValue('0%', 0.0, None, 'Section 3.1: "no variation in '
+                           'backpropagation between P and P~"'),
+    major_pairs=PaperValue('0%', 0.0))
+
+
+def _pow10(text: str) -> float:
+  return 0.0 if text == '0' else 10.0 ** float(text.split('^')[1])
+
+
+# Table 4 (appendix A.6.2), as printed: (tau1, tau2) per precision.
+TABLE4_PRINTED = {
+    'lenet5': {'float16': ('0', '10^-5'), 'float32': ('10^-6', '10^-5'),
+               'float64': ('10^-14', '0')},
+    'vgg11': {'float16': ('0', '10^-1'), 'float32': ('10^-8', '10^-7'),
+              'float64': ('10^-14', '0')},
+    'resnet18': {'float16': ('10^-2', '1'), 'float32': ('10^-3', '10^-4'),
+                 'float64': ('10^-13', '0')},
+}
+_TAU1_NOTE = ('tau1 (eq. 13) is the largest D of a program against its copy '
+              'under nondeterministic GPU computations (A.6.1); XLA on the '
+              'CPU is deterministic')
+_TAU2_NOTE = ("tau2 (eq. 14): the smallest nonzero D of ReLU'(0) = 0 against "
+              '1; 0: no nonzero D')
+
+
+def _table4() -> tuple[Run, ...]:
+  runs = []
+  for model, ds, opt in (('lenet5', 'mnist', ()),
+                         ('vgg11', 'cifar10', ()),
+                         ('resnet18', 'cifar10', ('batch_norm=False',))):
+    for p in PRECISIONS:
+      tau1, tau2 = TABLE4_PRINTED[model][p]
+      tau2 = '10^0' if tau2 == '1' else tau2
+      common = {**TMLR_MNIST, 'model': model, 'model_opt': opt, 'dataset': ds,
+                'samples': TMLR_TABLE4_SAMPLES[p], 'precision': p}
+      if ds == 'cifar10':   # data_utils.get_cifar10_train_loader
+        common['augment'] = True
+      source = f'TMLR Table 4, {model}, {p[5:]} bits'
+      r = 469 if ds == 'mnist' else 391   # batch 128 over the training set
+      # tau1, thr cell 11 (32 bits, build_models(..., beta=0, alpha=0)):
+      # native MaxPool and ReLU'(0) = 0 in both networks.
+      runs.append(Run(f'{model}_control_{p}', {**common, 'kinks': 'pool:0,0'},
+                      paper=Paper(source + ', tau1', TMLR_TABLE4_SAMPLES[p],
+                                  r, tau_max=PaperValue(
+                                      tau1, _pow10(tau1), None, _TAU1_NOTE),
+                                  script=f'{TMLR_REPO} notebooks/'
+                                  'threshold_maxpool.ipynb')))
+      # tau2, thr cells 10 and 12: diffMaxpool(..., alpha=0, beta=1) passes
+      # them to build_models(network, precision, beta, alpha) in the wrong
+      # order, so net2 is MaxPool2DBeta(0) (native) with ReLUAlpha(1): both
+      # nets native, ReLU'(0) = 0 against 1.
+      runs.append(Run(f'{model}_relu01_{p}', {**common, 'kinks': 'relu:0,1'},
+                      paper=Paper(source + ', tau2', TMLR_TABLE4_SAMPLES[p],
+                                  r, tau_min_nonzero=PaperValue(
+                                      tau2, _pow10(tau2), None, _TAU2_NOTE),
+                                  script=f'{TMLR_REPO} notebooks/'
+                                  'threshold_maxpool.ipynb')))
+  return tuple(runs)
+
+
+_CIFAR_POOL = dict(TMLR_CIFAR_VOLUME, samples=TMLR_TABLE2_SAMPLES)
 
 
 def _tmlr_fig4() -> tuple[Run, ...]:
+  # vol cells 10, 12, 14 (M = 1 there), thresholds 1e-3 / 1e-7 / 1e-15 on
+  # the sum of L-inf norms; here D (L1) against Table 2's thresholds.
   runs = []
   for model in ('vgg11', 'vgg13', 'vgg16', 'vgg19'):
     for p in PRECISIONS:
       runs.append(Run(f'{model}_{p}', {**_CIFAR_POOL, 'model': model,
-                                       'precision': p}))
-  for b in (16, 32, 64, 128, 256):
+                                       'precision': p,
+                                       'tau': TMLR_TABLE2_TAU[p]}))
+  # vol cell 12 loops over (64, 256, 512, 1024) with build_models(network, ...),
+  # network left at 'VGG19' by cell 10's loop: that panel is VGG19's (the
+  # caption says VGG11); kept VGG11 here, as the caption.
+  for b in (64, 256, 512, 1024):
     for p in PRECISIONS:
       runs.append(Run(f'vgg11_batch{b}_{p}', {**_CIFAR_POOL, 'model': 'vgg11',
-                                              'batch_size': b,
-                                              'precision': p}))
+                                              'batch_size': b, 'precision': p,
+                                              'tau': TMLR_TABLE2_TAU[p]}))
   for bn in (False, True):
     for p in PRECISIONS:
       runs.append(Run(f'vgg11_bn{int(bn)}_{p}', {
           **_CIFAR_POOL, 'model': 'vgg11', 'precision': p,
-          'model_opt': (f'batch_norm={bn}',)}))
-  return tuple(runs)
-
-
-def _tmlr_table4() -> tuple[Run, ...]:
-  runs = []
-  for model, ds in (('lenet5', 'mnist'), ('vgg11', 'cifar10'),
-                    ('resnet18', 'cifar10')):
-    for p in PRECISIONS:
-      common = dict(model=model, dataset=ds, normalize=True, batch_size=128,
-                    samples=100, precision=p)
-      # tau1: the same program twice (P against a copy of P).
-      runs.append(Run(f'{model}_control_{p}', {**common, 'kinks': 'pool:1,1'}))
-      # tau2: the smallest nonzero variation between ReLU'(0) = 0 and 1.
-      runs.append(Run(f'{model}_relu01_{p}', {**common, 'kinks': 'relu:0,1'}))
+          'tau': TMLR_TABLE2_TAU[p],
+          'model_opt': ('init_scheme=tmlr', f'batch_norm={bn}')}))
   return tuple(runs)
 
 
@@ -334,24 +480,32 @@ PRESETS: dict[str, Preset] = {
         description="ReLU'(0) Figures 5 and 16: VGG11 and ResNet18 on "
         'CIFAR-10 with and without batch norm'),
     'tmlr_table2': Preset(
-        tuple(Run(f'vgg11_{p}', {**_CIFAR_POOL, 'model': 'vgg11',
-                                 'precision': p}) for p in PRECISIONS),
-        'bars', description='TMLR Table 2: VGG11 CIFAR-10, native against '
-        'minimal MaxPool, 16/32/64 bits'),
+        tuple(Run(f'vgg11_{p}', {**_CIFAR_POOL, 'precision': p,
+                                 'tau': TMLR_TABLE2_TAU[p]},
+                  paper=TABLE2_PAPER[p]) for p in PRECISIONS),
+        'bars_pairs', description='TMLR Table 2: VGG11 CIFAR-10 (tmlr init, '
+        'crop+flip, normalised, batch 128), native against minimal MaxPool, '
+        'D (L1) > Table 4 thresholds 1e-1 / 1e-8 / 1e-14, 16/32/64 bits'),
     'tmlr_fig1': Preset(
-        tuple(Run(label, dict(model='lenet5', dataset='mnist', normalize=True,
-                              batch_size=128, samples=1000,
-                              precision='float32', kinks=k))
-              for label, k in (('native_vs_minimal', 'pool:0,1'),
-                               ('native_vs_native', 'pool:0,0'),
-                               ('relu0_vs_relu1', 'relu:0,1'))),
-        'histogram', description='TMLR Figures 1-3: LeNet-5 MNIST float32, '
-        'histograms of the L1 backprop variation D'),
+        (Run('native_vs_minimal', {**TMLR_MNIST, 'kinks': 'pool:0,1',
+                                   'samples': 1000, 'precision': 'float32',
+                                   'tau': TMLR_FIG1_TAU}, paper=FIG1_PAPER),
+         Run('native_vs_native', {**TMLR_MNIST, 'kinks': 'pool:0,0',
+                                  'samples': 1000, 'precision': 'float32',
+                                  'tau': TMLR_FIG1_TAU},
+             paper=FIG1_CONTROL_PAPER),
+         Run('relu0_vs_relu1', {**TMLR_MNIST, 'kinks': 'relu:0,1',
+                                'samples': 1000, 'precision': 'float32',
+                                'tau': TMLR_FIG1_TAU})),
+        'histogram', description='TMLR Figures 1-3: LeNet-5 MNIST float32 '
+        '(PyTorch init, inputs (x - 0.5) / 0.5, batch 128), histograms of the '
+        'L1 backprop variation D; minor / major split at tau = 1e-6'),
     'tmlr_fig4': Preset(
         _tmlr_fig4(), 'bars', description='TMLR Figure 4: VGG sizes, '
         'minibatch sizes and batch norm, native against minimal MaxPool'),
     'tmlr_table4': Preset(
-        _tmlr_table4(), 'bars', description='TMLR Table 4: thresholds tau1 '
-        '(max D of a program against itself) and tau2 (min nonzero D of '
-        "ReLU'(0)=0 against 1)"),
+        _table4(), 'thresholds', description='TMLR Table 4: thresholds tau1 '
+        '(max D of native MaxPool against itself) and tau2 (min nonzero D of '
+        "ReLU'(0)=0 against 1), LeNet-5 MNIST, VGG11 and ResNet18 CIFAR-10, "
+        'PyTorch init, batch 128'),
 }
