@@ -84,6 +84,7 @@ from jaxkink import montecarlo as mc
 from jaxkink import rundir
 from jaxkink import zones
 from jaxkink.models import layers
+from jaxkink.models.mlp import torch_blocks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_relu  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -139,8 +140,8 @@ def define_flags() -> None:
   cli.check('batches', lambda v: v >= 0, '--batches must be >= 0')
   cli.check('train_size', lambda v: v >= 0, '--train_size must be >= 0')
   cli.check('near', lambda v: 0 < v < 1, '--near must be in (0, 1)')
-  cli.check('torch_kc', lambda v: _parse_kc(v) is not None,
-            '--torch_kc must be K:kc pairs of positive integers')
+  cli.check('torch_kc', _valid_kc,
+            '--torch_kc must be K:kc pairs of positive integers, each K once')
   cli.check_output_dir('out')
 
 
@@ -149,17 +150,12 @@ BATCH = 256
 LAYERS = tuple(f'Dense_{i}' for i in range(len(WIDTHS)))
 
 
-def _parse_kc(values: Sequence[str]) -> dict[int, int] | None:
-  out = {}
+def _valid_kc(values: Sequence[str]) -> bool:
   try:
-    for v in values:
-      k, kc = (int(a) for a in str(v).split(':'))
-      if k < 1 or kc < 1:
-        return None
-      out[k] = kc
+    torch_blocks(values)
   except ValueError:
-    return None
-  return out
+    return False
+  return True
 
 
 def relu_layers(variant: str) -> tuple[bool, ...]:
@@ -416,7 +412,6 @@ class Runner:
     self.policy = jaxkink.get_policy('float32')
     name = 'mlp_reference' if variant == 'reference' else 'mlp'
     self.model = models.get(name, policy=self.policy)
-    order = tuple(f'{k}:{kc}' for k, kc in torch_kc.items())
     pair = mc.kink_pair('relu', (0, 1), legacy_relu_grad=self.assign)
     devices = jax.local_devices()[:1]
     self.engine = mc.Engine(self.model, self.policy, pair, samples=samples,
@@ -426,7 +421,7 @@ class Runner:
     self.to_engine = None
     if with_torch_order:
       self.to_model = models.get(name, policy=self.policy,
-                                 torch_order=order)
+                                 torch_order=tuple(self.torch_kc.items()))
       self.to_engine = mc.Engine(self.to_model, self.policy, pair,
                                  samples=samples, chunk=chunk, seed=seed,
                                  theta_loop=theta_loop, devices=devices)
@@ -764,7 +759,7 @@ def main(argv: Sequence[str]) -> None:
   loop = FLAGS.theta_loop
   if loop == 'auto':
     loop = 'map' if jax.default_backend() == 'cpu' else 'vmap'
-  kc = _parse_kc(FLAGS.torch_kc)
+  kc = torch_blocks(FLAGS.torch_kc)
   settings = {
       'variant': FLAGS.variant, 'seed': FLAGS.seed, 'chunk': FLAGS.chunk,
       'batches': r, 'train_size': n, 'torch_order': FLAGS.torch_order,
