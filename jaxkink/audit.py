@@ -45,8 +45,9 @@ KINK_RULES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class AuditRecord:
-  """One nonsmooth operation of the audited program.
+class AuditRecord(Site):
+  """One nonsmooth operation of the audited program: the interpreter's
+  :class:`~jaxkink.kinkify.Site` and what was measured there.
 
   Attributes:
     kind: ``'relu'``, ``'relu6'``, ``'leaky_relu'``, ``'max_pool'`` for the
@@ -65,12 +66,6 @@ class AuditRecord:
       pooling and reductions, the smallest gap between the largest and the
       second largest member; 0 at a tie); ``inf`` when nothing was measured.
   """
-  kind: str
-  primitive: str
-  where: str
-  path: str
-  shape: tuple[int, ...]
-  recognised: bool
   hits: int | None
   min_distance: float | None
 
@@ -234,9 +229,8 @@ def audit(fn: Callable) -> Callable[..., AuditReport]:
     records = []
     for site, m in zip(sites, measured):
       count, dist = (None, None) if m is None else (int(m[0]), float(m[1]))
-      records.append(AuditRecord(site.kind, site.primitive, site.where,
-                                 site.path, site.shape, site.recognised,
-                                 count, dist))
+      records.append(AuditRecord(**vars(site), hits=count,
+                                 min_distance=dist))
     return AuditReport(records)
 
   return audited
