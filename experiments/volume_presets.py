@@ -303,6 +303,17 @@ _TAU2_NOTE = ("tau2 (eq. 14): the smallest nonzero D of ReLU'(0) = 0 against "
               '1; 0: no nonzero D')
 
 
+def _table4_run(label: str, flags: dict[str, Any], minibatches: int,
+                tau: str, **value: PaperValue) -> Run:
+  """One Table 4 run: its flags, and the paper's threshold ``tau``
+  (``'tau1'`` or ``'tau2'``) as the ``Paper`` field named in ``value``."""
+  model, p = flags['model'], flags['precision']
+  return Run(label, flags, paper=Paper(
+      f'TMLR Table 4, {model}, {p[5:]} bits, {tau}', TMLR_TABLE4_SAMPLES[p],
+      minibatches, script=f'{TMLR_REPO} notebooks/threshold_maxpool.ipynb',
+      **value))
+
+
 def _table4() -> tuple[Run, ...]:
   runs = []
   for model, ds, opt in (('lenet5', 'mnist', ()),
@@ -315,26 +326,21 @@ def _table4() -> tuple[Run, ...]:
                 'samples': TMLR_TABLE4_SAMPLES[p], 'precision': p}
       if ds == 'cifar10':   # data_utils.get_cifar10_train_loader
         common['augment'] = True
-      source = f'TMLR Table 4, {model}, {p[5:]} bits'
       r = 469 if ds == 'mnist' else 391   # batch 128 over the training set
       # tau1, thr cell 11 (32 bits, build_models(..., beta=0, alpha=0)):
       # native MaxPool and ReLU'(0) = 0 in both networks.
-      runs.append(Run(f'{model}_control_{p}', {**common, 'kinks': 'pool:0,0'},
-                      paper=Paper(source + ', tau1', TMLR_TABLE4_SAMPLES[p],
-                                  r, tau_max=PaperValue(
-                                      tau1, _pow10(tau1), None, _TAU1_NOTE),
-                                  script=f'{TMLR_REPO} notebooks/'
-                                  'threshold_maxpool.ipynb')))
+      runs.append(_table4_run(f'{model}_control_{p}',
+                              {**common, 'kinks': 'pool:0,0'}, r, 'tau1',
+                              tau_max=PaperValue(tau1, _pow10(tau1), None,
+                                                 _TAU1_NOTE)))
       # tau2, thr cells 10 and 12: diffMaxpool(..., alpha=0, beta=1) passes
       # them to build_models(network, precision, beta, alpha) in the wrong
       # order, so net2 is MaxPool2DBeta(0) (native) with ReLUAlpha(1): both
       # nets native, ReLU'(0) = 0 against 1.
-      runs.append(Run(f'{model}_relu01_{p}', {**common, 'kinks': 'relu:0,1'},
-                      paper=Paper(source + ', tau2', TMLR_TABLE4_SAMPLES[p],
-                                  r, tau_min_nonzero=PaperValue(
-                                      tau2, _pow10(tau2), None, _TAU2_NOTE),
-                                  script=f'{TMLR_REPO} notebooks/'
-                                  'threshold_maxpool.ipynb')))
+      runs.append(_table4_run(f'{model}_relu01_{p}',
+                              {**common, 'kinks': 'relu:0,1'}, r, 'tau2',
+                              tau_min_nonzero=PaperValue(
+                                  tau2, _pow10(tau2), None, _TAU2_NOTE)))
   return tuple(runs)
 
 
