@@ -172,8 +172,10 @@ def test_volume_campaign(tmp_path):
       (*VOLUME, '--train_size=1000', f'--out={whole}'),
       (*VOLUME, '--model_opt=widths=8,10', f'--out={whole}'),
       (*VOLUME, '--precision=float32', f'--out={whole}'),
+      # Recorded only when set (old directories resume), refused all the same.
+      (*VOLUME, '--augment', f'--out={whole}'),
   ], whole, ['seed', 'kinks', 'legacy_relu_grad', 'train_size', 'model_opt',
-             'float32'])
+             'float32', 'augment'])
 
   # (c) Damaged chunks: named, moved aside, recomputed.
   damaged = str(tmp_path / 'damaged')
