@@ -138,3 +138,15 @@ class Kinks:
     """:func:`jaxkink.max_pool` with ``beta = self.pool_beta``."""
     return pooling.max_pool(x, window_shape, strides, padding, self.pool_beta,
                             blended_forward=self.blended_pool_forward)
+
+  def replace(self, **changes: object) -> Kinks:
+    """A copy with the named fields changed (``dataclasses.replace``).
+
+    ``flax.struct.dataclass`` puts its own ``replace``, which does the same,
+    in place of this one when it makes the class: this definition is there
+    for type checkers. A value may be ``None`` or an int where the result
+    serves as ``in_axes``.
+    """
+    # mypy checks the changes against the fields' types, which an in_axes
+    # value (None, 0) does not have.
+    return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
