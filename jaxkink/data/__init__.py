@@ -19,6 +19,7 @@ from jaxkink.data.batching import epoch_order
 from jaxkink.data.batching import num_batches
 from jaxkink.data.cifar import safe_loads
 from jaxkink.data.datasets import Dataset
+from jaxkink.data.datasets import ORDERS
 from jaxkink.data.datasets import SOURCES
 from jaxkink.data.datasets import load
 from jaxkink.data.errors import DataError
@@ -40,6 +41,7 @@ __all__ = (
     'Dataset',
     'DatasetInfo',
     'ENV_VAR',
+    'ORDERS',
     'SOURCES',
     'batches',
     'epoch_order',

@@ -17,6 +17,7 @@ from jaxkink.data import tfds_source
 from jaxkink.data.errors import DataError
 
 SOURCES = ('auto', 'native', 'tfds', 'sample')
+ORDERS = tfds_source.ORDERS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -81,7 +82,7 @@ class Dataset:
 
 def load(name: str, split: str = 'train', *,
          data_dir: str | os.PathLike | None = None,
-         source: str = 'auto') -> Dataset:
+         source: str = 'auto', order: str = 'stored') -> Dataset:
   """Loads a whole split of a dataset into host memory.
 
   Sources:
@@ -92,7 +93,9 @@ def load(name: str, split: str = 'train', *,
     python batches (``cifar-10-batches-py/`` or ``cifar-10-python.tar.gz``),
     SVHN ``{train,test,extra}_32x32.mat``.
   * ``'tfds'``: a prepared tensorflow-datasets directory (optional
-    dependency; see :mod:`jaxkink.data.tfds_source`).
+    dependency; see :mod:`jaxkink.data.tfds_source`): ``array_record``
+    without TensorFlow (``jaxkink[tfds]``), ``tfrecord`` through TensorFlow
+    (``jaxkink[tfds-tf]``), as its ``dataset_info.json`` says.
   * ``'sample'``: the MNIST sample bundled with the package (MNIST only).
   * ``'auto'`` (default): ``'native'`` when a data directory is configured;
     otherwise the bundled sample for MNIST (a warning says so), and an error
@@ -105,6 +108,10 @@ def load(name: str, split: str = 'train', *,
       reference code trains on).
     data_dir: the data directory; None or ``''`` means ``$JAXKINK_DATA_DIR``.
     source: ``'auto'``, ``'native'``, ``'tfds'`` or ``'sample'``.
+    order: ``'stored'`` (default): the order the source stores;
+      ``'native'``: the order of the dataset's native files. The two differ
+      only for ``'tfds'``, which stores its own shuffled order; ``'native'``
+      undoes it, example for example (:func:`tfds_source.native_positions`).
 
   Returns:
     A :class:`Dataset` with NHWC uint8 images and int32 labels.
@@ -118,6 +125,9 @@ def load(name: str, split: str = 'train', *,
   if source not in SOURCES:
     raise DataError(f'unknown data source {source!r}; valid: '
                     f'{", ".join(SOURCES)}')
+  if order not in ORDERS:
+    raise DataError(f'unknown data order {order!r}; valid: '
+                    f'{", ".join(ORDERS)}')
   directory = files.resolve_data_dir(data_dir)
   if source == 'auto':
     if directory is not None:
@@ -134,7 +144,8 @@ def load(name: str, split: str = 'train', *,
       raise DataError(f'the bundled sample covers MNIST only, not {info.name}')
     images, labels, where = sample.read_sample(split)
   elif source == 'tfds':
-    images, labels, where = tfds_source.read_tfds(info, split, directory)
+    images, labels, where = tfds_source.read_tfds(info, split, directory,
+                                                   order)
   else:
     if directory is None:
       raise DataError(f'source native: no data directory configured for '
