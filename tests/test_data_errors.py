@@ -376,9 +376,16 @@ def test_batching_length_mismatch():
     next(data.batches(np.zeros((4, 2)), np.zeros(3), 2))
 
 
-def test_tfds_not_installed(monkeypatch):
-  import sys  # pylint: disable=g-import-not-at-top
+def test_tfds_not_installed(monkeypatch, tmp_path):
+  import json, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  path = tmp_path / 'mnist' / '3.0.1'
+  path.mkdir(parents=True)
+  (path / 'dataset_info.json').write_text(json.dumps({
+      'fileFormat': 'array_record',
+      'splits': [{'name': 'train', 'shardLengths': ['1']}]}))
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
-  with pytest.raises(data.DataError, match=r"data source 'tfds' needs "
-                     r"tensorflow-datasets .*pip install 'jaxkink\[tfds\]'"):
-    data.load('mnist', source='tfds')
+  with pytest.raises(data.DataError, match=r"data source 'tfds': .* is in "
+                     r"array_record format .*needs tensorflow-datasets .*pip "
+                     r"install 'jaxkink\[tfds\]' \(missing: "
+                     r'tensorflow-datasets'):
+    data.load('mnist', data_dir=tmp_path, source='tfds')

@@ -6,7 +6,6 @@ import logging
 import os
 import subprocess
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -303,50 +302,3 @@ def test_dataset_arrays_are_read_only():
   images[0] = 1  # the caller's array stays writable
   with pytest.raises(data.DataError, match='inconsistent dataset'):
     data.Dataset('mnist', 'train', images, np.zeros(3, np.int32), 'x')
-
-
-# ------------------------------------------------------------ tfds
-
-
-def fake_tfds(calls):
-  def load(name, **kwargs):
-    calls.append((name, kwargs))
-    n = 3
-    shape = {'mnist': (28, 28, 1), 'svhn_cropped': (32, 32, 3)}[name]
-    return (np.full((n,) + shape, 7, np.uint8), np.array([0, 9, 4], np.int64))
-  return types.SimpleNamespace(load=load, as_numpy=lambda x: x)
-
-
-def test_tfds_source_glue(monkeypatch, tmp_path):
-  calls = []
-  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', fake_tfds(calls))
-  ds = data.load('svhn', 'extra', data_dir=tmp_path, source='tfds')
-  assert calls == [('svhn_cropped', {
-      'split': 'extra', 'data_dir': str(tmp_path), 'download': False,
-      'batch_size': -1, 'as_supervised': True})]
-  assert ds.images.shape == (3, 32, 32, 3) and ds.labels.dtype == np.int32
-  np.testing.assert_array_equal(ds.labels, [0, 9, 4])
-  assert ds.source.startswith('tfds: svhn_cropped:extra from ')
-  ds = data.load('mnist', source='tfds')  # no directory: tfds's default
-  assert calls[-1][1]['data_dir'] is None
-
-
-def test_tfds_source_errors_are_data_errors(monkeypatch):
-  def load(name, **kwargs):
-    raise AssertionError(f'Dataset {name}: could not find data in /x')
-  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', types.SimpleNamespace(
-      load=load, as_numpy=lambda x: x))
-  with pytest.raises(data.DataError, match=r'tensorflow-datasets could not '
-                     r'load cifar10:test from the tensorflow-datasets default '
-                     r'directory \(download=False.*AssertionError'):
-    data.load('cifar10', 'test', source='tfds')
-
-
-def test_tfds_real():
-  tfds = pytest.importorskip(
-      'tensorflow_datasets',
-      reason='tensorflow-datasets is not installed (optional: jaxkink[tfds])')
-  with tfds.testing.mock_data(num_examples=5):
-    ds = data.load('mnist', 'train', source='tfds')
-  assert ds.images.shape == (5, 28, 28, 1) and ds.images.dtype == np.uint8
-  assert ds.labels.shape == (5,)
