@@ -295,7 +295,15 @@ def define_flags() -> None:
   flags.DEFINE_boolean('shuffle', False, 'Shuffle each epoch (the reference '
                        'code visits the file order).')
   flags.DEFINE_string('data_dir', None, 'MNIST directory (default '
-                      '$JAXKINK_DATA_DIR, else the bundled sample).')
+                      '$JAXKINK_DATA_DIR, else the bundled sample; with '
+                      '--data_source=tfds: the tensorflow-datasets data '
+                      'directory).')
+  flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES), 'Where MNIST '
+                    'comes from (jaxkink.data.load); recorded in the '
+                    'settings when not auto.')
+  flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS), "'native': "
+                    "the IDX files' order (undoes tfds's shuffled order); "
+                    'recorded in the settings when native.')
   flags.DEFINE_integer('checkpoint_every', 250,
                        'Steps between checkpoints (resume points).')
   cli.check_policies('precision')
@@ -330,7 +338,8 @@ def main(argv: Sequence[str]) -> None:
   kink_values = [float(v) for v in FLAGS.kink_values]
   seeds = _seed_list(FLAGS.seeds)
 
-  ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir)
+  ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir,
+                 source=FLAGS.data_source, order=FLAGS.data_order)
   if FLAGS.batch_size > len(ds):
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} exceeds the '
                          f'{len(ds)} training examples')
@@ -350,7 +359,10 @@ def main(argv: Sequence[str]) -> None:
   flag_values = {'precision': policy.name, 'activation': FLAGS.activation,
                  'widths': widths, 'kink_values': kink_values,
                  'steps': FLAGS.steps, 'batch_size': FLAGS.batch_size,
-                 'seeds': seeds, 'lr': FLAGS.lr, 'shuffle': FLAGS.shuffle}
+                 'seeds': seeds, 'lr': FLAGS.lr, 'shuffle': FLAGS.shuffle,
+                 # Only when not at their defaults (older run directories
+                 # still resume).
+                 **data.requested(FLAGS.data_source, FLAGS.data_order)}
   common = {**{k: v for k, v in flag_values.items() if k != 'seeds'},
             'data': {**described, 'sha256': rundir.array_digest(
                 ds.images, ds.labels)},

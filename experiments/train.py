@@ -80,7 +80,19 @@ def define_flags(flag_values=FLAGS) -> None:
                       flag_values=flag_values)
   flags.DEFINE_string('data_dir', None, 'Data directory (default '
                       '$JAXKINK_DATA_DIR; MNIST falls back to the bundled '
-                      'sample).', flag_values=flag_values)
+                      'sample; with --data_source=tfds: the '
+                      'tensorflow-datasets data directory).',
+                      flag_values=flag_values)
+  flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES), 'Where the '
+                    'data comes from (jaxkink.data.load): native files, a '
+                    'prepared tensorflow-datasets directory (tfds), the '
+                    "bundled MNIST sample; 'auto': native when a data "
+                    'directory is configured, else the sample. Recorded in '
+                    'the settings when not auto.', flag_values=flag_values)
+  flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS), "'native': "
+                    "the order of the dataset's native files (undoes tfds's "
+                    "shuffled order); 'stored': the source's order. Recorded "
+                    'in the settings when native.', flag_values=flag_values)
   flags.DEFINE_string('model', None, 'Model name (jaxkink.models.names()).',
                       flag_values=flag_values)
   flags.DEFINE_list('widths', None, 'MLP widths, e.g. 512,512,512,10.',
@@ -192,12 +204,16 @@ def _floats(values, what: str) -> tuple[float, ...]:
 
 
 def load_data(dataset: str, data_dir: str | None,
-              train_examples: int | None, test_examples: int | None = None):
+              train_examples: int | None, test_examples: int | None = None,
+              source: str = 'auto', order: str = 'stored'):
   """``(train, test, description, normalisation name)``."""
   if dataset not in DATASETS:
     raise app.UsageError(f'unknown dataset {dataset!r}; valid: '
                          f'{", ".join(DATASETS)}')
   if dataset == 'cifar10_sample':
+    if source not in ('auto', 'native'):
+      raise app.UsageError(f'cifar10_sample is read from {SAMPLE_FILE}; '
+                           f'--data_source={source} does not apply')
     directory = data.resolve_data_dir(data_dir)
     path = os.path.join(directory or '', SAMPLE_FILE)
     if directory is None or not os.path.exists(path):
@@ -212,8 +228,9 @@ def load_data(dataset: str, data_dir: str | None,
     norm = 'cifar10'
   else:
     tr = data.load(dataset, 'extra' if dataset == 'svhn' else 'train',
-                   data_dir=data_dir)
-    te = data.load(dataset, 'test', data_dir=data_dir)
+                   data_dir=data_dir, source=source, order=order)
+    te = data.load(dataset, 'test', data_dir=data_dir, source=source,
+                   order=order)
     train, test = (tr.images, tr.labels), (te.images, te.labels)
     desc = {'name': dataset, 'train': tr.describe(), 'test': te.describe()}
     norm = dataset
@@ -415,7 +432,10 @@ def prepare(s: dict[str, Any], legacy: bool, train, test,
                   eval_batch_size=FLAGS.eval_batch_size,
                   train_examples=FLAGS.train_examples,
                   test_examples=FLAGS.test_examples,
-                  first_seed=FLAGS.first_seed)
+                  first_seed=FLAGS.first_seed,
+                  # Only when not at their defaults (older run directories
+                  # still resume).
+                  **data.requested(FLAGS.data_source, FLAGS.data_order))
   settings = {'flags': recorded, **training.sweep_settings(
       model, policy, grid, config, train, test)}
   return Sweep(model, policy, grid, config, settings, recorded)
@@ -460,7 +480,8 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError(str(e)) from e
   train, test, desc, norm = load_data(s['dataset'], FLAGS.data_dir,
                                       FLAGS.train_examples,
-                                      FLAGS.test_examples)
+                                      FLAGS.test_examples,
+                                      FLAGS.data_source, FLAGS.data_order)
   print(f'{jax.device_count()} devices ({jax.devices()[0].device_kind}); '
         'the member axis is sharded over them when they divide it',
         flush=True)

@@ -107,7 +107,19 @@ def define_flags() -> None:
                     'runs.')
   flags.DEFINE_string('data_dir', None, 'Directory with the native dataset '
                       f'files (default ${data_lib.ENV_VAR}, else the bundled '
-                      'MNIST sample).')
+                      'MNIST sample), or the tensorflow-datasets data '
+                      'directory with --data_source=tfds.')
+  flags.DEFINE_enum('data_source', 'auto', list(data_lib.SOURCES),
+                    'Where the data comes from (jaxkink.data.load): the '
+                    'native files, a prepared tensorflow-datasets directory '
+                    "(tfds), the bundled MNIST sample; 'auto': native when "
+                    'a data directory is configured, else the sample. '
+                    'Recorded in the settings when not auto.')
+  flags.DEFINE_enum('data_order', 'stored', list(data_lib.ORDERS),
+                    "'native': the order of the dataset's native files (for "
+                    "tfds, which stores its own shuffled order: the same "
+                    "records as the native source); 'stored': the source's "
+                    'order. Recorded in the settings when native.')
   flags.DEFINE_integer('train_size', None, 'Use the first N training '
                        'examples (default: all).')
   flags.DEFINE_bool('normalize', False, 'Normalise inputs with the '
@@ -177,13 +189,21 @@ _DATA_CACHE: dict[Any, Any] = {}
 TAU_LADDER = (0.0,) + tuple(10.0 ** k for k in range(-16, 1))
 
 
-def _dataset(name: str, data_dir: str | None):
+def _dataset(name: str, data_dir: str | None, source: str = 'auto',
+             order: str = 'stored'):
   # Keyed by the directory in force ($JAXKINK_DATA_DIR when data_dir is
   # None), so that a change of the environment is not served stale data.
-  key = (name, data_lib.resolve_data_dir(data_dir))
+  key = (name, data_lib.resolve_data_dir(data_dir), source, order)
   if key not in _DATA_CACHE:
-    _DATA_CACHE[key] = (_cifar10_sample(data_dir) if name == CIFAR10_SAMPLE
-                        else data_lib.load(name, 'train', data_dir=data_dir))
+    if name == CIFAR10_SAMPLE:
+      if source not in ('auto', 'native'):
+        raise cli.UsageValueError(
+            f'--dataset={CIFAR10_SAMPLE} is read from {CIFAR10_SAMPLE_FILE}; '
+            f'--data_source={source} does not apply')
+      _DATA_CACHE[key] = _cifar10_sample(data_dir)
+    else:
+      _DATA_CACHE[key] = data_lib.load(name, 'train', data_dir=data_dir,
+                                       source=source, order=order)
   return _DATA_CACHE[key]
 
 
@@ -213,19 +233,24 @@ class Prepared(NamedTuple):
   source: dict[str, Any]
 
 
-def prepare(cfg: dict[str, Any], data_dir: str | None) -> Prepared:
+def prepare(cfg: dict[str, Any], data_dir: str | None,
+            data_source: str = 'auto', data_order: str = 'stored'
+            ) -> Prepared:
   """The engine, inputs and run-directory settings of one run.
 
   The settings are every value that can change a record: the run's flags
   (after the preset), the theta loop in force, the data (its description
-  and a hash of the examples used), the precision policy and the model.
+  and a hash of the examples used), the precision policy and the model;
+  and ``data_source`` / ``data_order`` when not at their defaults
+  (:func:`jaxkink.data.requested`: run directories written before they
+  existed still resume).
 
   Raises:
     cli.UsageValueError: settings that do not fit the data or the model.
   """
   policy = jaxkink.get_policy(cfg['precision'])
   kind, values = parse_kinks(cfg['kinks'])
-  dataset = _dataset(cfg['dataset'], data_dir)
+  dataset = _dataset(cfg['dataset'], data_dir, data_source, data_order)
   n = len(dataset) if cfg['train_size'] is None else int(cfg['train_size'])
   if not 1 <= n <= len(dataset):
     raise cli.UsageValueError(
@@ -260,7 +285,8 @@ def prepare(cfg: dict[str, Any], data_dir: str | None) -> Prepared:
   settings = {'flags': run_flags(cfg),
               'theta_loop': engine.theta_loop,
               'data': {**described, 'num_examples_used': n,
-                       'sha256': _data_digest(dataset, n)},
+                       'sha256': _data_digest(dataset, n),
+                       **data_lib.requested(data_source, data_order)},
               'policy': policy.to_dict(), 'model': repr(model)}
   return Prepared(engine, x, y, settings, source)
 
@@ -814,7 +840,8 @@ def main(argv: Sequence[str]) -> None:
     jaxkink.get_policy(run.flags['precision'], check=False)  # name check
     parse_kinks(run.flags['kinks'])
   jaxkink.policies_for_program([r.flags['precision'] for r in runs])
-  prepared = [prepare(r.flags, FLAGS.data_dir) for r in runs]
+  prepared = [prepare(r.flags, FLAGS.data_dir, FLAGS.data_source,
+                      FLAGS.data_order) for r in runs]
   top = {'preset': FLAGS.preset,
          'runs': [{'label': r.label, **p.settings}
                   for r, p in zip(runs, prepared)]}
@@ -829,7 +856,8 @@ def main(argv: Sequence[str]) -> None:
             for p, q in zip(paths, prepared)]
     if jax.process_index() == 0:
       out.write_json('flags.json', {
-          'preset': FLAGS.preset,
+          'preset': FLAGS.preset, 'data_dir': FLAGS.data_dir,
+          'data_source': FLAGS.data_source, 'data_order': FLAGS.data_order,
           'runs': [{'label': r.label, **r.flags} for r in runs]})
     summaries = [run_one(r.flags, p, d)
                  for r, p, d in zip(runs, prepared, dirs)]

@@ -39,6 +39,11 @@ from jaxkink import rundir
 _RUN = flags.DEFINE_string('run', None, 'A bifurcation.py seed directory '
                            '(with parting_params.npz and summary.json).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory.')
+_DATA_SOURCE = flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES),
+                                 'Where MNIST comes from (jaxkink.data.load).')
+_DATA_ORDER = flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS),
+                                "'native': the IDX files' order (undoes "
+                                "tfds's shuffled order).")
 _PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'float64'],
                                 'Precision policies to map.')
 _GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis.')
@@ -114,12 +119,14 @@ def main(argv: Sequence[str]) -> None:
   z = source.load_npz('parting_params.npz', int(summary['parting_iteration'])
                       - 1)
   kernel, bias, batch = z['Dense_0/kernel'], z['Dense_0/bias'], z['batch']
-  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value)
+  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value,
+                 source=_DATA_SOURCE.value, order=_DATA_ORDER.value)
   if source.settings['data']['sha256'] != rundir.array_digest(ds.images,
                                                               ds.labels):
     raise cli.UsageValueError(
         f'the MNIST files found ({ds.source}) are not the data {_RUN.value} '
-        'was trained on; pass the same --data_dir')
+        'was trained on; pass the same --data_dir, --data_source and '
+        '--data_order')
   x = np.asarray(data.preprocess(jnp.asarray(ds.images[batch]), 'mnist',
                                  normalize=False, flatten=True))
   if parting.get('layer') == 0:

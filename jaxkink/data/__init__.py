@@ -22,6 +22,7 @@ from jaxkink.data.datasets import Dataset
 from jaxkink.data.datasets import ORDERS
 from jaxkink.data.datasets import SOURCES
 from jaxkink.data.datasets import load
+from jaxkink.data.datasets import requested
 from jaxkink.data.errors import DataError
 from jaxkink.data.files import ENV_VAR
 from jaxkink.data.files import resolve_data_dir
@@ -53,6 +54,7 @@ __all__ = (
     'random_crop_flip',
     'read_idx',
     'read_svhn_mat',
+    'requested',
     'resolve_data_dir',
     'safe_loads',
 )

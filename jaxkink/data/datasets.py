@@ -155,6 +155,29 @@ def load(name: str, split: str = 'train', *,
   return Dataset(info.name, split, images, labels, where)
 
 
+def requested(source: str = 'auto', order: str = 'stored') -> dict[str, str]:
+  """The ``load`` arguments a run asked for, for its settings: only those
+  not at their default (``source='auto'``, ``order='stored'``), so that the
+  settings of a run that gives neither are those it had before they
+  existed, as ``{'data_source': ..., 'data_order': ...}``.
+
+  Raises:
+    DataError: an unknown source or order.
+  """
+  if source not in SOURCES:
+    raise DataError(f'unknown data source {source!r}; valid: '
+                    f'{", ".join(SOURCES)}')
+  if order not in ORDERS:
+    raise DataError(f'unknown data order {order!r}; valid: '
+                    f'{", ".join(ORDERS)}')
+  out = {}
+  if source != 'auto':
+    out['data_source'] = source
+  if order != 'stored':
+    out['data_order'] = order
+  return out
+
+
 def _read_native(name: str, split: str, directory: str):
   if name in ('mnist', 'fashion_mnist'):
     return mnist.read_mnist(directory, split, name)

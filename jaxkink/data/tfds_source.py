@@ -316,7 +316,7 @@ def _read_data_source(info: info_lib.DatasetInfo, prep: Prepared, split: str,
   images = np.empty((n,) + info.image_shape, np.uint8)
   labels = np.empty(n, np.int64)
   ids: list[str] | None = [] if has_id else None
-  raw_source = getattr(src, 'data_source', None)
+  raw_source: Any = getattr(src, 'data_source', None)
   fast = (is_png and prep.file_format == 'array_record'
           and callable(getattr(raw_source, '__getitems__', None)))
   if fast:
