@@ -7,6 +7,14 @@ Cases (median wall time of ``--repeats`` runs after one warm-up run):
   checked. Its baseline is the bare minimum, ``gzip.decompress`` plus
   ``np.frombuffer`` of the same files, so the ratio is the cost of the
   checks and the search for files. The target (issue 5) is well under 2 s.
+* ``load mnist train (tfds array_record)``: ``jaxkink.data.load('mnist',
+  'train', source='tfds')`` from ``--tfds_dir`` (default
+  ``<data_dir>/tfds/array_record``), stored and native order: the records
+  read in batches through ``tfds.data_source``, the PNGs decoded a batch at a
+  time. Its baseline is tensorflow-datasets' own decoding of the same split
+  as one ``__getitems__`` call (one timed run); item by item
+  (``src[i]``) is slower still. The target (issue 18) is under 3 s. Skipped
+  when tensorflow-datasets or the directory is missing.
 * ``preprocess mnist train``: the 60000 training digits to normalised
   float32 on the default device, jitted (``block_until_ready``).
 * ``epoch of batches``: one shuffled epoch of the MNIST training set in
@@ -25,6 +33,7 @@ Run::
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import os
 import statistics
 import time
@@ -42,6 +51,9 @@ from jaxkink import rundir
 _DATA_DIR = flags.DEFINE_string(
     'data_dir', None, 'Directory with mnist/ (default: $JAXKINK_DATA_DIR, '
     'else ../shared/data).')
+_TFDS_DIR = flags.DEFINE_string(
+    'tfds_dir', None, 'tensorflow-datasets data directory holding mnist/ in '
+    'array_record format (default: <data_dir>/tfds/array_record).')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Timed runs after a warm-up.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
@@ -97,6 +109,27 @@ def main(argv: Sequence[str]) -> None:
   t_load = timed(load_all, repeats)
   t_bare = timed(lambda: bare_mnist(directory), repeats)
   rows.append(('load mnist (gz), 70000 digits', t_load, t_bare))
+
+  tfds_dir = _TFDS_DIR.value or os.path.join(directory, 'tfds',
+                                             'array_record')
+  if (importlib.util.find_spec('tensorflow_datasets') is not None
+      and os.path.isdir(os.path.join(tfds_dir, 'mnist'))):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    def tfds_own():
+      src = tfds.data_source('mnist', split='train', data_dir=tfds_dir)
+      return src.__getitems__(list(range(len(src))))
+
+    for order in data.ORDERS:
+      t_tfds = timed(lambda o=order: data.load(
+          'mnist', 'train', data_dir=tfds_dir, source='tfds', order=o),
+                     repeats)
+      rows.append((f'load mnist train (tfds array_record, {order} order), '
+                   '60000 digits', t_tfds,
+                   timed(tfds_own, 1) if order == 'stored' else None))
+  else:
+    print(f'(tfds cases skipped: no tensorflow-datasets or no {tfds_dir}/'
+          'mnist)')
 
   prep = jax.jit(lambda x: data.preprocess(x, 'mnist', flatten=True))
   t_prep = timed(lambda: prep(train.images).block_until_ready(), repeats)
