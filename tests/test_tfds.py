@@ -384,3 +384,52 @@ def test_tfds_failures_are_data_errors(tmp_path, rng, monkeypatch):
                      r'\(.*\): tensorflow-datasets could not read it: '
                      r'AssertionError: Dataset mnist:3.0.1'):
     data.load('mnist', data_dir=tmp_path, source='tfds')
+
+
+# ------------------------------------------------------------ scripts
+
+_VOLUME_DEFAULTS = dict(model_opt=(), legacy_relu_grad=False, chunk=2,
+                        train_size=None, screen=True, seed=0, tau=0.0,
+                        first_layer_only=False, batch_norm_mode='batch',
+                        theta_loop='map')
+
+
+def test_volume_table1_from_tfds_in_native_order_is_the_native_run():
+  """The inputs and settings of Table 1's runs from the array_record dir
+  with --data_order=native are the native source's, bit for bit (so the
+  engine computes the same records; BUILD_NOTES has a full run of both);
+  the source and order are recorded only when given."""
+  tfds_dir = need('tfds', 'array_record')
+  need('mnist')
+  need_tfds()
+  from experiments import volume  # pylint: disable=g-import-not-at-top
+  from experiments import volume_presets  # pylint: disable=g-import-not-at-top
+  runs = [r for r in volume_presets.PRESETS['table1'].runs
+          if r.flags['precision'] == 'float32']
+  assert len(runs) == 2
+  for run in runs:
+    cfg = {**_VOLUME_DEFAULTS, **run.flags, 'samples': 2, 'train_size': 4096}
+    native = volume.prepare(cfg, need(), 'native')
+    tfds = volume.prepare(cfg, tfds_dir, 'tfds', 'native')
+    stored = volume.prepare(cfg, tfds_dir, 'tfds')
+    assert np.asarray(tfds.x).tobytes() == np.asarray(native.x).tobytes()
+    assert np.asarray(tfds.y).tobytes() == np.asarray(native.y).tobytes()
+    assert tfds.settings['data'].pop('data_source') == 'tfds'
+    assert tfds.settings['data'].pop('data_order') == 'native'
+    assert native.settings['data'].pop('data_source') == 'native'
+    assert tfds.settings == native.settings
+    # tfds's own order: other minibatches, another data digest.
+    assert stored.settings['data']['sha256'] != native.settings['data'][
+        'sha256']
+  auto = volume.prepare({**_VOLUME_DEFAULTS, **runs[0].flags, 'samples': 2,
+                         'train_size': 4096}, need())
+  assert not {'data_source', 'data_order'} & set(auto.settings['data'])
+
+
+def test_requested_is_only_what_differs_from_the_defaults():
+  assert data.requested() == {}
+  assert data.requested('auto', 'stored') == {}
+  assert data.requested('tfds', 'native') == {'data_source': 'tfds',
+                                              'data_order': 'native'}
+  with pytest.raises(data.DataError, match='unknown data order'):
+    data.requested('tfds', 'idx')
