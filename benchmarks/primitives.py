@@ -7,10 +7,15 @@ run, on the same input, and reports the ratio of their median times:
 * ``jaxkink.relu6(x, a, b)`` vs ``jax.nn.relu6(x)``;
 * ``jaxkink.max_pool(x, (2, 2), (2, 2), beta=b)`` vs
   ``flax.linen.max_pool(x, (2, 2), (2, 2))``, and the overlapping
-  ``(3, 3)`` window, stride ``(2, 2)``, padding ``((1, 1), (1, 1))``.
+  ``(3, 3)`` window, stride ``(2, 2)``, padding ``((1, 1), (1, 1))``;
+* the same two ``max_pool`` cases against the reverse-only ``custom_vjp``
+  that ``jaxkink.max_pool`` was before it gained forward mode (issue 14):
+  the same forward and the same pullback, without the ``custom_jvp`` and
+  ``lax.custom_linear_solve`` that now carry it.
 
-Each is timed forward only and forward+backward (``jax.vjp`` with a random
-cotangent, returning the output and the input cotangent), each a single
+Each is timed forward only, forward+backward (``jax.vjp`` with a random
+cotangent, returning the output and the input cotangent) and, against
+JAX/Flax, in forward mode (``jax.jvp`` with a random tangent), each a single
 jitted program compiled once. Kink values are traced arguments (0.5, so the
 kink paths are live), and the input is integer-valued so that ReLU kinks
 and pooling ties actually occur. A last case per primitive vmaps the jaxkink
@@ -28,6 +33,7 @@ path for the table and the environment).
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -40,6 +46,7 @@ import jax.numpy as jnp
 
 import jaxkink
 from jaxkink import cli
+from jaxkink import pooling
 from jaxkink import rundir
 
 _SHAPE = flags.DEFINE_list('shape', ['64', '32', '32', '64'],
@@ -73,17 +80,51 @@ SWEEP = (0.0, 0.5, 1.0, 2.0)  # kink values of the vmapped sweep
 
 Fn = Callable[..., jax.Array]
 
-# name: (baseline(x), jaxkink(x, kink)).
-PRIMITIVES: dict[str, tuple[Fn, Fn]] = {
-    'relu': (jax.nn.relu, jaxkink.relu),
-    'relu6': (jax.nn.relu6, lambda x, k: jaxkink.relu6(x, k, k)),
-    'max_pool 2x2/2': (
-        lambda x: nn.max_pool(x, (2, 2), (2, 2)),
-        lambda x, k: jaxkink.max_pool(x, (2, 2), (2, 2), beta=k)),
-    'max_pool 3x3/2 pad 1': (
-        lambda x: nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))),
-        lambda x, k: jaxkink.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)),
-                                      beta=k)),
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _previous_max_pool(x, beta, geom):
+  return pooling.reduce_max(x, geom)
+
+
+def _previous_fwd(x, beta, geom):
+  return pooling.reduce_max(x, geom), (x, beta)
+
+
+def _previous_bwd(geom, res, g):
+  x, beta = res
+  return pooling._pool_pullback(x, beta, g, geom), None  # pylint: disable=protected-access
+
+
+_previous_max_pool.defvjp(_previous_fwd, _previous_bwd)
+
+
+def previous_max_pool(x, window, strides, padding, beta):
+  """``jaxkink.max_pool`` as it was up to issue 14: a reverse-only custom_vjp."""
+  geom = pooling.window_geometry(x.shape, window, strides, padding)
+  return _previous_max_pool(x, jnp.asarray(beta, x.dtype), geom)
+
+
+def _pool(window, strides, padding='VALID'):
+  return (lambda x, k: nn.max_pool(x, window, strides, padding),
+          lambda x, k: jaxkink.max_pool(x, window, strides, padding, beta=k),
+          lambda x, k: previous_max_pool(x, window, strides, padding, k))
+
+
+_POOL_2 = _pool((2, 2), (2, 2))
+_POOL_3 = _pool((3, 3), (2, 2), ((1, 1), (1, 1)))
+
+# name: (baseline(x, kink), jaxkink(x, kink), whether the baseline's sweep is
+# vmapped too). The JAX/Flax baselines ignore the kink value (jit drops the
+# unused argument), so their sweep is sequential calls; the previous
+# max_pool takes it, so both sweeps are one vmapped program.
+PRIMITIVES: dict[str, tuple[Fn, Fn, bool]] = {
+    'relu': (lambda x, k: jax.nn.relu(x), jaxkink.relu, False),
+    'relu6': (lambda x, k: jax.nn.relu6(x),
+              lambda x, k: jaxkink.relu6(x, k, k), False),
+    'max_pool 2x2/2': (*_POOL_2[:2], False),
+    'max_pool 3x3/2 pad 1': (*_POOL_3[:2], False),
+    'max_pool 2x2/2 vs previous custom_vjp': (_POOL_2[2], _POOL_2[1], True),
+    'max_pool 3x3/2 pad 1 vs previous custom_vjp': (_POOL_3[2], _POOL_3[1],
+                                                    True),
 }
 
 
@@ -93,6 +134,15 @@ def fwd_bwd(f: Fn) -> Fn:
   def run(x, g, *args):
     y, pullback = jax.vjp(lambda x: f(x, *args), x)
     return y, pullback(g)[0]
+
+  return run
+
+
+def jvp(f: Fn) -> Fn:
+  """``(x, t, *args) -> (f(x, *args), df/dx t)`` (forward mode)."""
+
+  def run(x, t, *args):
+    return jax.jvp(lambda x: f(x, *args), (x,), (t,))
 
   return run
 
@@ -111,24 +161,32 @@ def time_ms(call: Callable[[], Any], repeats: int) -> tuple[float, float]:
 def benchmark(shape: Sequence[int], dtype: Any,
               repeats: int) -> list[dict[str, Any]]:
   """Times every (primitive, mode) pair; one row per case."""
-  kx, kg = jax.random.split(jax.random.key(0))
+  kx, kg, kt = jax.random.split(jax.random.key(0), 3)
   x = jnp.round(3 * jax.random.normal(kx, shape)).astype(dtype)
   kink = jnp.asarray(KINK, dtype)
   sweep = jnp.asarray(SWEEP, dtype)
   rows = []
-  for name, (base, kinked) in PRIMITIVES.items():
-    y_shape = jax.eval_shape(base, x).shape
+  for name, (base, kinked, vmap_base) in PRIMITIVES.items():
+    y_shape = jax.eval_shape(base, x, kink).shape
     g = jax.random.normal(kg, y_shape).astype(dtype)
     base_fwd, kinked_fwd = jax.jit(base), jax.jit(kinked)
     base_bwd, kinked_bwd = jax.jit(fwd_bwd(base)), jax.jit(fwd_bwd(kinked))
     kinked_sweep = jax.jit(jax.vmap(fwd_bwd(kinked), in_axes=(None, None, 0)))
+    base_sweep = jax.jit(jax.vmap(fwd_bwd(base), in_axes=(None, None, 0)))
     cases = {
-        'fwd': (lambda: base_fwd(x), lambda: kinked_fwd(x, kink)),
-        'fwd+bwd': (lambda: base_bwd(x, g), lambda: kinked_bwd(x, g, kink)),
+        'fwd': (lambda: base_fwd(x, kink), lambda: kinked_fwd(x, kink)),
+        'fwd+bwd': (lambda: base_bwd(x, g, kink),
+                    lambda: kinked_bwd(x, g, kink)),
         f'fwd+bwd sweep {len(SWEEP)}': (
-            lambda: [base_bwd(x, g) for _ in SWEEP],
+            (lambda: base_sweep(x, g, sweep)) if vmap_base else
+            (lambda: [base_bwd(x, g, k) for k in sweep]),
             lambda: kinked_sweep(x, g, sweep)),
     }
+    if not vmap_base:  # forward mode (the previous max_pool had none)
+      t_in = jax.random.normal(kt, x.shape).astype(dtype)
+      base_jvp, kinked_jvp = jax.jit(jvp(base)), jax.jit(jvp(kinked))
+      cases['jvp'] = (lambda: base_jvp(x, t_in, kink),
+                      lambda: kinked_jvp(x, t_in, kink))
     for mode, (base_call, kinked_call) in cases.items():
       base_med, base_min = time_ms(base_call, repeats)
       kink_med, kink_min = time_ms(kinked_call, repeats)

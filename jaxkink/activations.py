@@ -37,6 +37,7 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 from jaxkink._values import as_kink_value
+from jaxkink._values import vary_together
 from jaxkink.typing import Array, ArrayLike, PRNGKey
 
 _Kink = tuple[float, Array]  # (kink location, kink value)
@@ -137,6 +138,7 @@ def relu(x: ArrayLike, s: ArrayLike = 0.0, *, legacy: bool = False) -> Array:
   """
   x = jnp.asarray(x)
   s = as_kink_value(s, x.shape, x.dtype, 's')
+  x, s = vary_together(x, s)
   return (_relu_legacy if legacy else _relu)(x, s)
 
 
@@ -211,6 +213,7 @@ def relu6(x: ArrayLike, alpha: ArrayLike = 0.0, beta: ArrayLike = 0.0, *,
   x = jnp.asarray(x)
   alpha = as_kink_value(alpha, x.shape, x.dtype, 'alpha')
   beta = as_kink_value(beta, x.shape, x.dtype, 'beta')
+  x, alpha, beta = vary_together(x, alpha, beta)
   return (_relu6_legacy if legacy else _relu6)(x, alpha, beta)
 
 
@@ -288,6 +291,7 @@ def leaky_relu(x: ArrayLike, slope: ArrayLike = 0.01, s: ArrayLike = 1.0, *,
   x = jnp.asarray(x)
   slope = as_kink_value(slope, x.shape, x.dtype, 'slope')
   s = as_kink_value(s, x.shape, x.dtype, 's')
+  x, slope, s = vary_together(x, slope, s)
   return (_leaky_relu_legacy if legacy else _leaky_relu)(x, slope, s)
 
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import NamedTuple, Sequence
 
 import jax
@@ -36,6 +37,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxkink._values import as_kink_value
+from jaxkink._values import vary_together
 from jaxkink.typing import Array, ArrayLike, Padding
 
 
@@ -190,7 +192,73 @@ def _pool_pullback(x: Array, beta: Array, g: Array, geom: WindowGeometry) -> Arr
                    [lo + n for (lo, _), n in zip(geom.pads, x.shape)])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _pool_tangent(x: Array, beta: Array, t: Array,
+                  geom: WindowGeometry) -> Array:
+  """The pooled value's tangent, ``sum_a w_a t_a`` per window (forward mode).
+
+  The weights are the pullback's (:func:`_pool_pullback`), so this map and
+  the pullback are each other's transpose.
+  """
+  y = reduce_max(x, geom)
+  hits, count = window_maxima(x, y, geom)
+  tie = count > 1
+  share = _divide(jnp.broadcast_to(beta, y.shape), count)
+  lead = (1 - beta) + share
+  is_native = beta == 0
+  is_minimal = beta == 1
+  taken = jnp.zeros(y.shape, bool)
+  zeros = lax.full_like(y, 0, t.dtype)
+  members = window_slices(t, y, geom)
+  out = zeros
+  for (_, hit), (_, member, _) in zip(hits, members):
+    first = hit & ~taken
+    taken = taken | hit
+    tied = jnp.where(is_native, lax.select(first, member, zeros),
+                     jnp.where(is_minimal, _divide(member, count),
+                               member * jnp.where(first, lead, share)))
+    out = out + lax.select(hit, lax.select(tie, tied, member), zeros)
+  return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(3,))
+def _pool_linear(x: Array, beta: Array, t: Array, geom: WindowGeometry) -> Array:
+  """:func:`_pool_tangent` as a linear map whose transpose is the pullback.
+
+  JAX would transpose :func:`_pool_tangent` itself, but not to the pullback's
+  bits: its transposed division becomes a multiplication by a reciprocal, and
+  its selects become sums with zeros. ``lax.custom_linear_solve`` is JAX's
+  public way of giving a linear map its own transpose; it wants a map from a
+  space to itself, so both sides are flattened and zero-padded to one length
+  (the "solve" is the tangent map, its transpose the exact pullback).
+  """
+  y_shape = _output_shape(x.shape, geom)
+  n, m = x.size, math.prod(y_shape)
+  size = max(n, m)
+
+  def flat(v):
+    return lax.pad(v.ravel(), jnp.array(0, v.dtype), [(0, size - v.size, 0)])
+
+  def solve(_, b):
+    return flat(_pool_tangent(x, beta, b[:n].reshape(x.shape), geom))
+
+  def transpose_solve(_, ct):
+    return flat(_pool_pullback(x, beta, ct[:m].reshape(y_shape), geom))
+
+  dy = lax.custom_linear_solve(lambda v: v, flat(t), solve, transpose_solve)
+  return dy[:m].reshape(y_shape)
+
+
+@_pool_linear.defjvp
+def _pool_linear_jvp(geom, primals, tangents):
+  # Linear in t, and its weights are constant in x and beta between ties.
+  # The rule also keeps custom_linear_solve's own JVP, which fails on a
+  # symbolic-zero tangent (forward over forward), out of every program.
+  x, beta, t = primals
+  return (_pool_linear(x, beta, t, geom),
+          _pool_linear(x, beta, tangents[2], geom))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
 def _max_pool(x: Array, beta: Array, geom: WindowGeometry,
               blended: bool) -> Array:
   y = reduce_max(x, geom)
@@ -199,17 +267,11 @@ def _max_pool(x: Array, beta: Array, geom: WindowGeometry,
   return y
 
 
-def _max_pool_fwd(x, beta, geom, blended):
-  return _max_pool(x, beta, geom, blended), (x, beta)
-
-
-def _max_pool_bwd(geom, blended, res, g):
-  del blended  # same pullback: d/dy of (1-beta) y + beta y is 1 in the reals
-  x, beta = res
-  return _pool_pullback(x, beta, g, geom), None
-
-
-_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+@_max_pool.defjvp
+def _max_pool_jvp(geom, blended, primals, tangents):
+  x, beta = primals
+  t, _ = tangents
+  return _max_pool(x, beta, geom, blended), _pool_linear(x, beta, t, geom)
 
 
 def max_pool(x: ArrayLike, window_shape: Sequence[int],
@@ -226,7 +288,9 @@ def max_pool(x: ArrayLike, window_shape: Sequence[int],
   The backward pass sends, per window with maxima :math:`A`, cotangent
   :math:`g` as :math:`(1 - \beta)\, g\, e_{\min A} + \beta\, g / |A|
   \sum_{a \in A} e_a` (exactly ``g`` to the maximum when :math:`|A| = 1`).
-  This is a ``jax.custom_vjp``: reverse mode only.
+  Forward mode is the transpose, the tangent :math:`\sum_a w_a \dot x_a` of
+  each window with the same weights, so ``jax.jvp``, ``jacfwd``, ``hessian``
+  and Hessian-vector products of either order work too.
 
   Args:
     x: input array.
@@ -258,10 +322,24 @@ def max_pool(x: ArrayLike, window_shape: Sequence[int],
   if unbatched:
     x = x[None]
   geom = window_geometry(x.shape, window_shape, strides, padding)
-  out_shape = _output_shape(x.shape, geom)
-  beta = as_kink_value(beta, out_shape, x.dtype, 'beta')
-  y = _max_pool(x, beta, geom, blended_forward)
+  y = pool_with_geometry(x, geom, beta, blended_forward=blended_forward)
   return y[0] if unbatched else y
+
+
+def pool_with_geometry(x: Array, geom: WindowGeometry, beta: ArrayLike = 0.0,
+                       *, blended_forward: bool = False,
+                       name: str = 'beta') -> Array:
+  """:func:`max_pool` on a resolved full-rank geometry, any layout.
+
+  ``geom`` gives a window size, stride and padding for every dimension of
+  ``x`` (1, 1, (0, 0) where nothing is pooled), as ``lax.reduce_window``
+  takes them; :func:`window_geometry` builds one from flax-style arguments,
+  and :func:`jaxkink.kinkify` from a traced ``reduce_window_max``. ``name``
+  names ``beta`` in the error for a shape that does not broadcast.
+  """
+  beta = as_kink_value(beta, _output_shape(x.shape, geom), x.dtype, name)
+  x, beta = vary_together(x, beta)
+  return _max_pool(x, beta, geom, blended_forward)
 
 
 def pool_output_shape(shape: Sequence[int], window_shape: Sequence[int],
