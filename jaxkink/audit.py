@@ -139,13 +139,13 @@ def _integer_hits(x, offset: float):
 def measure(site: Site, operands: dict) -> Any:
   """``(count, min_distance)`` for one site, or None where not measured."""
   kind = site.kind
-  x = lax.stop_gradient(operands['x']) if 'x' in operands else None
-  if kind in ('relu', 'leaky_relu'):
+  if kind in ('relu', 'leaky_relu', 'relu6', 'max_pool'):
+    x = lax.stop_gradient(operands['x'])
+    if kind == 'relu6':
+      return tuple(hits.relu6_hits(x))
+    if kind == 'max_pool':
+      return tuple(_pool_hits(x, operands['geom']))
     return tuple(hits.relu_hits(x))
-  if kind == 'relu6':
-    return tuple(hits.relu6_hits(x))
-  if kind == 'max_pool':
-    return tuple(_pool_hits(x, operands['geom']))
   invals, params = operands['invals'], operands['params']
   v = invals[0]
   if kind in ('abs', 'sign'):
@@ -216,7 +216,7 @@ def audit(fn: Callable) -> Callable[..., AuditReport]:
   """
 
   def audited(*args) -> AuditReport:
-    sites = []
+    sites: list[Site] = []
 
     def run(*a):
       closed, leaves, _ = trace(fn, a)

@@ -38,7 +38,7 @@ class KinkHits(NamedTuple):
       ``inf`` when there is nothing to measure (e.g. no window has two
       members).
   """
-  count: Array
+  count: Array  # type: ignore[assignment]  # (shadows tuple.count)
   min_distance: Array
 
 
@@ -107,7 +107,7 @@ def window_ties(x: Array, geom: pooling.WindowGeometry) -> tuple[Array, Array]:
   """
   y = pooling.reduce_max(x, geom)
   neg_inf = jnp.array(-jnp.inf, x.dtype)
-  count, second = 0, neg_inf
+  count, second = jnp.zeros(y.shape, jnp.int32), neg_inf
   for _, v, ok in pooling.window_slices(x, y, geom):
     count = count + ((v == y) & ok).astype(jnp.int32)
     second = jnp.maximum(second, jnp.where(ok & (v != y), v, neg_inf))

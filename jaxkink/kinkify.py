@@ -41,7 +41,7 @@ from jaxkink.kinks import Kinks
 try:  # JAX's own summary of where an equation was written; private, so guarded.
   from jax._src import source_info_util as _source_info_util
 except ImportError:  # pragma: no cover
-  _source_info_util = None
+  _source_info_util = None  # type: ignore[assignment]
 
 # Primitive names, across versions (``pjit`` is now ``jit``; ``remat2`` may
 # become ``checkpoint``; ``custom_vjp_call_jaxpr`` is the older name).
@@ -333,7 +333,8 @@ class _Interpreter:
     self.warned = warn  # kinds already warned about, or None: no warnings
     self.bare_max = bare_max  # recognise bare max(x, 0), min(max(x, 0), 6)
     self.records: list = []  # (Site, measured arrays or None)
-    self.where = None  # the enclosing equation's source line, for nested ones
+    # The enclosing equation's source line, for nested ones.
+    self.where: str | None = None
     self._touch_cache: dict = {}
 
   def child(self, where: str | None = None) -> '_Interpreter':
@@ -825,7 +826,7 @@ def _pool_geometry(params) -> pooling.WindowGeometry | None:
   if any(d != 1 for d in params['base_dilation']) or any(
       d != 1 for d in params['window_dilation']):
     return None
-  pads = tuple(tuple(int(p) for p in pad) for pad in params['padding'])
+  pads = tuple((int(lo), int(hi)) for lo, hi in params['padding'])
   if any(lo < 0 or hi < 0 for lo, hi in pads):
     return None
   return pooling.WindowGeometry(tuple(params['window_dimensions']),
@@ -946,7 +947,7 @@ def kinkify(fn: Callable, *, warn: bool = False,
     >>> jax.jit(fk)(jaxkink.Kinks(relu_s=1.0), jnp.array([-1.0, 2.0]))
     Array(4., dtype=float32)
   """
-  warned = set() if warn else None
+  warned: set[str] | None = set() if warn else None
 
   def fn_k(kinks: Kinks, *args):
     if not isinstance(kinks, Kinks):
@@ -959,5 +960,5 @@ def kinkify(fn: Callable, *, warn: bool = False,
 
   fn_k.__name__ = f'kinkified_{getattr(fn, "__name__", "fn")}'
   fn_k.__doc__ = getattr(fn, '__doc__', None)
-  fn_k.__wrapped__ = fn
+  fn_k.__wrapped__ = fn  # type: ignore[attr-defined]
   return fn_k

@@ -51,7 +51,7 @@ class StepRecord(NamedTuple):
 
 def l1_distance(a: PyTree, b: PyTree) -> Array:
   """``sum |a - b|`` over every leaf, accumulated in float64 when enabled."""
-  acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  acc = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
   leaves = jax.tree.leaves(jax.tree.map(
       lambda u, v: jnp.sum(jnp.abs(u.astype(acc) - v.astype(acc))), a, b))
   return sum(leaves, jnp.zeros((), acc))

@@ -58,7 +58,7 @@ from jaxkink import rundir
 from jaxkink.hits import TapedKinks
 from jaxkink.kinks import Kinks
 from jaxkink.precision import Policy
-from jaxkink.typing import Array, PyTree
+from jaxkink.typing import AnyArray, Array, PyTree
 
 KINDS = ('relu', 'relu6', 'leaky_relu', 'pool')
 _FIELDS = {'relu': ('relu_s',), 'relu6': ('relu6_alpha', 'relu6_beta'),
@@ -68,7 +68,9 @@ _FIELDS = {'relu': ('relu_s',), 'relu6': ('relu6_alpha', 'relu6_beta'),
 class PairRecord(NamedTuple):
   """What one (theta, minibatch) comparison found.
 
-  Leading axes are (thetas, minibatches) in the engine's results.
+  Leading axes are (thetas, minibatches) in the engine's results. The
+  fields are JAX arrays inside the program and NumPy arrays in what
+  :meth:`Engine.run_chunks`, :func:`run` and :func:`load_records` return.
 
   Attributes:
     differs: some element of the full parameter gradient differs (``!=``).
@@ -87,15 +89,15 @@ class PairRecord(NamedTuple):
       are identical by the exactness argument).
     finite: both gradients are finite.
   """
-  differs: Array
-  differs_first: Array
-  rel_l2: Array
-  rel_l2_first: Array
-  l1: Array
-  hits: Array
-  min_distance: Array
-  computed: Array
-  finite: Array
+  differs: AnyArray
+  differs_first: AnyArray
+  rel_l2: AnyArray
+  rel_l2_first: AnyArray
+  l1: AnyArray
+  hits: AnyArray
+  min_distance: AnyArray
+  computed: AnyArray
+  finite: AnyArray
 
 
 def kink_pair(kind: str, values: Sequence[float], *,
@@ -164,7 +166,7 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
     raise ValueError(f"theta_loop must be 'vmap' or 'map', got {theta_loop!r}")
   train = batch_norm_mode == 'batch'
   one = jnp.ones((), policy.loss_dtype)
-  acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  acc = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
 
   def loss_and_tape(params, extra, x, y, kinks):
     taped = TapedKinks.of(kinks)
@@ -250,7 +252,8 @@ class Engine:
     samples: M, the number of weight samples.
     chunk: thetas per device per program call.
     seed: theta ``m`` is drawn from ``fold_in(key(seed), m)``.
-    devices: the local devices to shard the thetas over (default: all).
+    devices: the local devices to shard the thetas over (default, empty:
+      all).
   """
   model: nn.Module
   policy: Policy
@@ -261,7 +264,7 @@ class Engine:
   screen: bool = True
   batch_norm_mode: str = 'batch'
   theta_loop: str = 'vmap'
-  devices: Sequence[Any] | None = None
+  devices: Sequence[Any] = ()
 
   def __post_init__(self):
     if self.samples < 1:
@@ -291,12 +294,13 @@ class Engine:
              + np.arange(self.chunk)[None, :]).reshape(-1)
     return self._theta_keys(index)
 
-  def _theta_keys(self, indices: Sequence[int]) -> Array:
+  def _theta_keys(self, indices: Sequence[int] | np.ndarray) -> Array:
     base = jax.random.key(self.seed)
     return jax.vmap(lambda i: jax.random.fold_in(base, i))(
         jnp.asarray(indices, jnp.uint32))
 
-  def sample(self, indices: Sequence[int], x: Array) -> PyTree:
+  def sample(self, indices: Sequence[int] | np.ndarray, x: AnyArray
+             ) -> PyTree:
     """The variables of thetas ``indices`` (leading axis), as the engine
     draws them; ``x`` is an input batch (for the shapes)."""
     with self.policy.scope(), jax.threefry_partitionable(False):
@@ -304,8 +308,8 @@ class Engine:
           lambda k: self.model.init(k, x[:1], Kinks())))(
               self._theta_keys(indices))
 
-  def run_chunks(self, chunk_indices: Sequence[int], xs: Array,
-                 ys: Array) -> list[PairRecord]:
+  def run_chunks(self, chunk_indices: Sequence[int], xs: AnyArray,
+                 ys: AnyArray) -> list[PairRecord]:
     """Computes ``len(devices)`` chunks (one per device) in one call.
 
     Returns one host-side :class:`PairRecord` per chunk, thetas past
@@ -325,8 +329,9 @@ class Engine:
     return records
 
 
-def stack_batches(x: Array, y: Array, batch_size: int
-                  ) -> tuple[tuple[Array, Array], tuple[Array, Array] | None]:
+def stack_batches(x: AnyArray, y: AnyArray, batch_size: int
+                  ) -> tuple[tuple[AnyArray, AnyArray],
+                             tuple[AnyArray, AnyArray] | None]:
   """Splits a data set into ``(R, B, ...)`` full batches and the remainder.
 
   Returns ``((xs, ys), tail)`` with ``tail = (x, y)`` of the last partial
@@ -348,7 +353,7 @@ def _chunk_name(index: int) -> str:
   return os.path.join('chunks', f'chunk_{index:06d}.npz')
 
 
-def engine_settings(engine: Engine, x: Array, y: Array,
+def engine_settings(engine: Engine, x: AnyArray, y: AnyArray,
                     batch_size: int) -> dict[str, Any]:
   """Everything of a run that can change its records: the run directory's
   settings when :func:`run` is given a path. (The device count is not in
@@ -418,7 +423,7 @@ def _clock(seconds: float) -> str:
   return f'{h}h{m:02d}m{s:02d}s' if h else f'{m}m{s:02d}s'
 
 
-def run(engine: Engine, x: Array, y: Array, batch_size: int,
+def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
         out: str | rundir.RunDir, *,
         progress: Callable[[str], Any] | None = None,
         max_calls: int | None = None, wait_timeout: float = 3600.0

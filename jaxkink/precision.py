@@ -76,7 +76,7 @@ class Policy:
       RuntimeError: for a 64-bit policy while ``jax_enable_x64`` is off (JAX
         would silently compute in 32 bits).
     """
-    if self.needs_x64 and not jax.config.jax_enable_x64:
+    if self.needs_x64 and not jax.config.read('jax_enable_x64'):
       raise RuntimeError(
           f'precision policy {self.name!r} needs 64-bit floats, but JAX runs '
           'with jax_enable_x64 off (it would silently compute in float32). '

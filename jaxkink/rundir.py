@@ -34,7 +34,7 @@ import numpy as np
 
 def environment() -> dict[str, Any]:
   """Library versions, devices and JAX settings, for saving with results."""
-  versions = {}
+  versions: dict[str, str | None] = {}
   for pkg in ('jax', 'jaxlib', 'flax', 'optax', 'numpy'):
     try:
       versions[pkg] = metadata.version(pkg)
@@ -51,8 +51,10 @@ def environment() -> dict[str, Any]:
       'device_kind': devices[0].device_kind,
       'device_count': len(devices),
       'process_count': jax.process_count(),
-      'jax_enable_x64': bool(jax.config.jax_enable_x64),
-      'jax_default_matmul_precision': jax.config.jax_default_matmul_precision,
+      'jax_enable_x64': bool(jax.config.read('jax_enable_x64')),
+      # (A context-manager option: config.read refuses it, values has it.)
+      'jax_default_matmul_precision':
+          jax.config.values['jax_default_matmul_precision'],
       'time_utc': datetime.datetime.now(datetime.timezone.utc).isoformat(
           timespec='seconds'),
       'argv': sys.argv,
@@ -168,7 +170,7 @@ def array_digest(*arrays: Any) -> str:
   for a in arrays:
     a = np.ascontiguousarray(np.asarray(a))
     h.update(f'{a.dtype.str}{a.shape}'.encode())
-    h.update(memoryview(a).cast('B'))
+    h.update(a.data.cast('B'))
   return h.hexdigest()[:32]
 
 
@@ -363,6 +365,7 @@ class RunDir:
     path = self.file(name)
     if not os.path.exists(path):
       return None
+    problem: str | None
     try:
       with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

@@ -5,9 +5,15 @@ from __future__ import annotations
 from typing import Any, Sequence, Union
 
 import jax
+import numpy as np
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
+# A JAX or NumPy array: for arguments whose ``.shape`` or ``.dtype`` is read
+# or that are sliced (``ArrayLike`` also admits Python scalars, which have
+# neither), and for values that are JAX arrays in a program and NumPy arrays
+# on the host.
+AnyArray = Union[jax.Array, np.ndarray]
 DTypeLike = jax.typing.DTypeLike
 PRNGKey = jax.Array
 PyTree = Any

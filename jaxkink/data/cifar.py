@@ -90,7 +90,7 @@ try:
   from numpy._core.multiarray import _reconstruct  # numpy >= 2
 except ImportError:  # pragma: no cover (numpy 1.x)
   # pylint: disable-next=g-import-not-at-top
-  from numpy.core.multiarray import _reconstruct
+  from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
 
 # Bounds on what is read (the real files: 31 MB per batch, 185 MB for the
 # whole archive decompressed).
@@ -230,7 +230,8 @@ class _PendingDtype(_StandIn):
   what = 'a numpy dtype'
 
   def __init__(self, spec: str):
-    self._spec, self._byteorder = spec, None
+    self._spec = spec
+    self._byteorder: str | None = None
 
   def __setstate__(self, state: Any) -> None:
     # (3, byteorder, subarray, names, fields, elsize, alignment, flags), as
@@ -249,7 +250,7 @@ class _PendingDtype(_StandIn):
   def build(self) -> np.dtype:
     dtype = np.dtype(self._spec)
     if self._byteorder in ('<', '>') and dtype.itemsize > 1:
-      dtype = dtype.newbyteorder(self._byteorder)
+      dtype = dtype.newbyteorder('<' if self._byteorder == '<' else '>')
     return dtype
 
 
@@ -525,7 +526,9 @@ def read_archive_members(path: str, wanted: Sequence[str]) -> dict[str, bytes]:
           raise DataError(f'{path}: refused to read {member.name} from the '
                           f'archive: it is {why}; a CIFAR-10 batch is a '
                           'regular file')
-        found[want] = archive.extractfile(member).read()
+        stream = archive.extractfile(member)
+        assert stream is not None  # a regular file (_kind above)
+        found[want] = stream.read()
   except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
     raise DataError(f'{path}: corrupt or truncated archive '
                     f'({type(e).__name__}: {e})') from e

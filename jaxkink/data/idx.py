@@ -25,7 +25,7 @@ from jaxkink.data import files
 from jaxkink.data.errors import DataError
 
 # IDX type code -> dtype (big-endian where multi-byte).
-IDX_DTYPES = {
+IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype('u1'), 0x09: np.dtype('i1'), 0x0B: np.dtype('>i2'),
     0x0C: np.dtype('>i4'), 0x0D: np.dtype('>f4'), 0x0E: np.dtype('>f8'),
 }

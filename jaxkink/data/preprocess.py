@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkink.data import info as info_lib
+from jaxkink.typing import AnyArray
 
 
 def pixel_table(dataset: str | info_lib.DatasetInfo, *,
@@ -42,7 +43,7 @@ def pixel_table(dataset: str | info_lib.DatasetInfo, *,
   info = (dataset if isinstance(dataset, info_lib.DatasetInfo)
           else info_lib.get_info(dataset))
   channels = info.image_shape[2]
-  x = np.arange(256, dtype=np.float32) / np.float32(255)
+  x: np.ndarray = np.arange(256, dtype=np.float32) / np.float32(255)
   x = np.repeat(x[:, None], channels, axis=1)
   if normalize:
     x = ((x - np.asarray(info.mean, np.float32))
@@ -50,7 +51,7 @@ def pixel_table(dataset: str | info_lib.DatasetInfo, *,
   return x.astype(dtype)
 
 
-def preprocess(images: jax.Array, dataset: str | info_lib.DatasetInfo, *,
+def preprocess(images: AnyArray, dataset: str | info_lib.DatasetInfo, *,
                normalize: bool = True, flatten: bool = False,
                dtype=jnp.float32) -> jax.Array:
   """Scales, normalises and optionally flattens a batch of uint8 images.
@@ -86,7 +87,7 @@ def preprocess(images: jax.Array, dataset: str | info_lib.DatasetInfo, *,
   return x
 
 
-def random_crop_flip(key: jax.Array, images: jax.Array, *, padding: int = 4,
+def random_crop_flip(key: jax.Array, images: AnyArray, *, padding: int = 4,
                      flip: bool = True) -> jax.Array:
   """CIFAR training augmentation: random crop after zero padding, and flip.
 

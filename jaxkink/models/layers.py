@@ -198,6 +198,8 @@ def bias_first_dense(x: Array, kernel: Array, bias: Array | None,
     part = jnp.dot(x[..., start:stop], kernel[start:stop],
                    precision=precision)
     z = part if z is None else z + part
+  if z is None:  # K = 0 and no bias: the empty product
+    z = jnp.zeros(x.shape[:-1] + kernel.shape[1:], jnp.result_type(x, kernel))
   return z
 
 

@@ -77,7 +77,7 @@ class VGG(KinkedModule):
     """
     layers = Layers.of(self)
     for item in self.stack():
-      if item == 'M':
+      if isinstance(item, str):  # 'M' (stack() checks)
         x = kinks.max_pool(x, (2, 2), (2, 2))
       else:
         x = layers.conv(x, item, 3, padding=1)

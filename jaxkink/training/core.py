@@ -32,7 +32,7 @@ from jaxkink import data as data_lib
 from jaxkink import lockstep
 from jaxkink.kinks import Kinks
 from jaxkink.precision import Policy
-from jaxkink.typing import Array, PyTree
+from jaxkink.typing import AnyArray, Array, PyTree
 
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine')
@@ -208,7 +208,7 @@ class TrainState:
 _INIT, _DROPOUT, _AUGMENT = 0, 1, 2
 
 
-def init_params(model: nn.Module, seed: int, sample: Array,
+def init_params(model: nn.Module, seed: int, sample: AnyArray,
                 policy: Policy) -> tuple[PyTree, PyTree]:
   """``(params, batch_stats)`` of ``model`` for one seed."""
   variables = model.init(
@@ -218,7 +218,7 @@ def init_params(model: nn.Module, seed: int, sample: Array,
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation,
-               grid: Grid, sample: Array, policy: Policy, *,
+               grid: Grid, sample: AnyArray, policy: Policy, *,
                params: Sequence[tuple[PyTree, PyTree]] | None = None
                ) -> TrainState:
   """The grid's initial state.
@@ -548,7 +548,7 @@ def weight_distances(params: PyTree, num_seeds: int = 1) -> tuple[Array, Array]:
   first kink configuration of its seed (TMLR Fig. 6's
   ``||theta_beta - theta_0||``), accumulated in float32 (float64 if
   enabled)."""
-  acc = jnp.float64 if jax.config.jax_enable_x64 else jnp.float32
+  acc = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
 
   def dist(p, q):
     leaves = jax.tree.leaves(jax.tree.map(

@@ -192,8 +192,9 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     if out is not None:
       out.write_json(METRICS, {'members': member_table(grid),
                                'history': history})
-      out.save_checkpoint(epoch + 1, **checkpoint.to_arrays(
-          state, history=history))
+      # (Any: the arrays are keyword arguments beside save_checkpoint's keep.)
+      arrays: dict[str, Any] = checkpoint.to_arrays(state, history=history)
+      out.save_checkpoint(epoch + 1, **arrays)
     if stop_after is not None and epoch + 1 >= stop_after:
       break
   return {'history': history, 'state': state}
@@ -224,8 +225,10 @@ def programs(model: nn.Module, policy: Policy,
              shared_batch: bool = False, batching: str = 'vmap'):
   """``(tx, epoch_fn, eval_fn)`` for a grid shape, cached: the kink values
   and seeds are data, so sweeps of the same shape share one compilation."""
-  # The programs depend on the grid only through its shape.
-  shape_grid = core.Grid(tuple(range(num_seeds)), None,
+  # The programs depend on the grid only through its shape. (The kinks are
+  # their argument: None, typed Any, in place of a Kinks fails if used.)
+  no_kinks: Any = None
+  shape_grid = core.Grid(tuple(range(num_seeds)), no_kinks,
                          ('',) * num_kinks, ({},) * num_kinks)
   tx = core.make_optimizer(optimizer, total_steps)
   epoch_fn = core.make_train_epoch(model, tx, policy, shape_grid,
