@@ -31,6 +31,7 @@ from jaxkink.audit import AuditReport
 from jaxkink.audit import audit
 from jaxkink.hits import KinkHits
 from jaxkink.hits import TapedKinks
+from jaxkink.hits import kink_distance
 from jaxkink.hits import pool_hits
 from jaxkink.hits import relu6_hits
 from jaxkink.hits import relu_hits
@@ -56,6 +57,7 @@ __all__ = (
     'audit',
     'data',
     'get_policy',
+    'kink_distance',
     'kinkify',
     'leaky_relu',
     'lockstep',

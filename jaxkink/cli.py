@@ -28,8 +28,9 @@ from jaxkink.rundir import RefusedError
 EXIT_REFUSED = 2
 
 __all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
-           'check_choice', 'check_positive', 'fail', 'finite_float',
-           'finite_floats', 'main')
+           'check_choice', 'check_output_dir', 'check_output_file',
+           'check_policies', 'check_positive', 'check_together', 'fail',
+           'finite_float', 'finite_floats', 'main', 'positive_ints')
 
 
 def finite_float(text: Any, what: str) -> float:

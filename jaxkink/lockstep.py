@@ -29,6 +29,15 @@ from jaxkink.kinks import Kinks
 from jaxkink.precision import Policy
 from jaxkink.typing import Array, PyTree
 
+__all__ = (
+    'StepRecord',
+    'hidden_preactivations',
+    'kinks_for',
+    'l1_distance',
+    'make_step',
+    'replicate',
+)
+
 
 class StepRecord(NamedTuple):
   """What one lockstep step saw, per member (leading axis) and layer.

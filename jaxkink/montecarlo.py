@@ -60,6 +60,19 @@ from jaxkink.kinks import Kinks
 from jaxkink.precision import Policy
 from jaxkink.typing import AnyArray, Array, PyTree
 
+__all__ = (
+    'Engine',
+    'KINDS',
+    'PairRecord',
+    'Progress',
+    'engine_settings',
+    'kink_pair',
+    'load_records',
+    'make_chunk_fn',
+    'run',
+    'stack_batches',
+)
+
 KINDS = ('relu', 'relu6', 'leaky_relu', 'pool')
 _FIELDS = {'relu': ('relu_s',), 'relu6': ('relu6_alpha', 'relu6_beta'),
            'leaky_relu': ('leaky_s',), 'pool': ('pool_beta',)}

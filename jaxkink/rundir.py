@@ -31,6 +31,27 @@ from absl import logging
 import jax
 import numpy as np
 
+__all__ = (
+    'CHECKPOINTS',
+    'CORRUPT',
+    'DIGEST_KEY',
+    'INDEX_KEY',
+    'LOCK',
+    'MANIFEST',
+    'RefusedError',
+    'RunDir',
+    'array_digest',
+    'canonical',
+    'differences',
+    'environment',
+    'file_identity',
+    'pyplot',
+    'settings_digest',
+    'write_json',
+    'write_npz',
+    'write_text',
+)
+
 
 def environment() -> dict[str, Any]:
   """Library versions, devices and JAX settings, for saving with results."""

@@ -23,6 +23,28 @@ from typing import Any
 
 import numpy as np
 
+__all__ = (
+    'METRICS',
+    'MKPLOT_HEADER',
+    'TABLE_HEADER',
+    'decade_histogram',
+    'first_difference_curve',
+    'format_interval',
+    'format_mkplot',
+    'format_quartiles',
+    'format_summary',
+    'hoeffding_margin',
+    'mcdiarmid_margin',
+    'mkplot_lines',
+    'percent',
+    'pow10',
+    'r_summary',
+    'summarize',
+    'tau_table',
+    'thresholds',
+    'variation_split',
+)
+
 
 def hoeffding_margin(n: int, alpha: float = 0.05) -> float:
   """Half-width of Hoeffding's ``1 - alpha`` interval for a mean of n draws
