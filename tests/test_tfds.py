@@ -11,6 +11,7 @@ without TensorFlow: ``Image.encode_example`` imports it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import io
@@ -26,6 +27,13 @@ import pytest
 from jaxkink import data
 from jaxkink.data import png
 from jaxkink.data import tfds_source
+from test_data_writers import cifar_batch
+from test_data_writers import idx_bytes
+from test_data_writers import mat_bytes
+from test_data_writers import py2_pickle
+from test_data_writers import svhn_arrays
+from test_data_writers import write_file
+from test_data_writers import write_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Read before the autouse fixture below clears the variable for each test.
@@ -203,18 +211,20 @@ def test_png_broken_is_a_data_error(rng, mutate, message):
     png.decode_batch([blob], (32, 32, 1))
 
 
-# The builders' feature layouts (tensorflow_datasets/image_classification).
+# The builders' feature layouts (tensorflow-datasets 4.9.10): image shape,
+# digits of the ``id`` feature (None: no id), module.
 LAYOUTS = {
-    'mnist': ((28, 28, 1), False, 'mnist'),
-    'fashion_mnist': ((28, 28, 1), False, 'mnist'),
-    'cifar10': ((32, 32, 3), True, 'cifar'),
-    'svhn_cropped': ((32, 32, 3), False, 'svhn'),
+    'mnist': ((28, 28, 1), None, 'image_classification.mnist'),
+    'fashion_mnist': ((28, 28, 1), None, 'image_classification.mnist'),
+    'cifar10': ((32, 32, 3), 5, 'image_classification.cifar'),
+    'svhn_cropped': ((32, 32, 3), 6,
+                     'datasets.svhn_cropped.svhn_cropped_dataset_builder'),
 }
 VERSIONS = {'mnist': '3.0.1', 'fashion_mnist': '3.0.1', 'cifar10': '3.0.2',
             'svhn_cropped': '3.1.0'}
 
 
-def _feature_json(shape, with_id: bool) -> dict:
+def _feature_json(shape, with_id: int | None) -> dict:
   feats = {
       'image': {'image': {'dtype': 'uint8', 'shape': {
           'dimensions': [str(d) for d in shape]}},
@@ -223,7 +233,7 @@ def _feature_json(shape, with_id: bool) -> dict:
       'label': {'classLabel': {'numClasses': '10'},
                 'pythonClassName': 'tensorflow_datasets.core.features.'
                                    'class_label_feature.ClassLabel'}}
-  if with_id:
+  if with_id is not None:
     feats['id'] = {'text': {}, 'pythonClassName': 'tensorflow_datasets.'
                    'core.features.text_feature.Text'}
   return {'featuresDict': {'features': feats}, 'pythonClassName':
@@ -249,8 +259,8 @@ def write_tfds_dir(root, name: str, splits: dict, fmt: str = 'array_record'):
       fs = ex.features.feature
       fs['image'].bytes_list.value.append(png_bytes(images[i]))
       fs['label'].int64_list.value.append(int(labels[i]))
-      if with_id:
-        fs['id'].bytes_list.value.append(f'{split}_{i:05d}'.encode())
+      if with_id is not None:
+        fs['id'].bytes_list.value.append(f'{split}_{i:0{with_id}d}'.encode())
       records.append(ex.SerializeToString())
     file = os.path.join(path, f'{name}-{split}.{fmt}-00000-of-00001')
     if fmt == 'array_record':
@@ -269,8 +279,8 @@ def write_tfds_dir(root, name: str, splits: dict, fmt: str = 'array_record'):
         'shardLengths': [str(n)]})
   with open(os.path.join(path, 'dataset_info.json'), 'w') as f:
     json.dump({'fileFormat': fmt, 'name': name, 'version': VERSIONS[name],
-               'moduleName': f'tensorflow_datasets.image_classification.'
-                             f'{module}', 'splits': info_splits,
+               'moduleName': f'tensorflow_datasets.{module}',
+               'splits': info_splits,
                'supervisedKeys': {'tuple': {'items': [
                    {'featureKey': 'image'}, {'featureKey': 'label'}]}}}, f)
   with open(os.path.join(path, 'features.json'), 'w') as f:
@@ -433,3 +443,94 @@ def test_requested_is_only_what_differs_from_the_defaults():
                                               'data_order': 'native'}
   with pytest.raises(data.DataError, match='unknown data order'):
     data.requested('tfds', 'idx')
+
+
+# ------------------------------------------------------------ tfds's builders
+
+
+def need_builders() -> None:
+  need_tfds()
+  if importlib.util.find_spec('tensorflow') is None:
+    pytest.skip('TensorFlow is not installed: tensorflow-datasets prepares '
+                'image datasets only with it (Image.encode_example, '
+                'tf.io.gfile); the tiny directories above are written '
+                'without it')
+  if importlib.util.find_spec('importlib_resources') is None:
+    pytest.skip('importlib_resources is not installed: tensorflow-datasets '
+                "imports it (through etils) to run its builders")
+
+
+def _prepare(builder, download: str, files, fmt: str, patches=()):
+  """Runs a real tensorflow-datasets builder on files written here: the
+  download manager hands it ``files`` instead of downloading."""
+  from unittest import mock  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  with contextlib.ExitStack() as stack:
+    for target, name, value in patches:
+      stack.enter_context(mock.patch.object(target, name, value))
+    stack.enter_context(mock.patch.object(tfds.download.DownloadManager,
+                                          download, return_value=files))
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+        compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+
+@pytest.mark.parametrize('name, fmt', [
+    ('mnist', 'array_record'), ('mnist', 'tfrecord'),
+    ('fashion_mnist', 'array_record'), ('cifar10', 'array_record'),
+    ('cifar10', 'tfrecord'), ('svhn_cropped', 'array_record')])
+def test_real_builders_on_tiny_native_files(tmp_path, rng, name, fmt):
+  """tensorflow-datasets' own builders prepare tiny native files (written by
+  tests/test_data_writers.py's writers); in native order jaxkink reads back
+  what its native reader reads from the same files. Needs TensorFlow."""
+  need_builders()
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  native_dir, dl, out = tmp_path / 'native', tmp_path / 'dl', tmp_path / 'tfds'
+  builder = tfds.builder(name, data_dir=str(out), file_format=fmt)
+  info = data.get_info(name)
+  sizes = {'train': 13, 'test': 7, 'extra': 5}
+  splits = info.splits
+  made = {s: (rng.integers(0, 256, (sizes[s],) + info.image_shape, np.uint8),
+              rng.integers(0, 10, sizes[s]).astype(np.int32)) for s in splits}
+  if name in ('mnist', 'fashion_mnist'):
+    from tensorflow_datasets.image_classification import mnist  # pylint: disable=g-import-not-at-top
+    files = {}
+    for s, (x, y) in made.items():
+      write_mnist(native_dir, s, x[..., 0], y.astype(np.uint8))
+      for kind, arr in (('data', x[..., 0]), ('labels', y.astype(np.uint8))):
+        files[f'{s}_{kind}'] = write_file(dl / f'{s}_{kind}', idx_bytes(arr))
+    _prepare(builder, 'download_and_extract', files, fmt, [
+        (mnist, '_TRAIN_EXAMPLES', sizes['train']),
+        (mnist, '_TEST_EXAMPLES', sizes['test'])])
+  elif name == 'cifar10':
+    # tfds reads the binary version; jaxkink the python one. Train: the
+    # 13 images over the five batches, in order.
+    x, y = made['train']
+    cuts = np.array_split(np.arange(13), 5)
+    batches = {f'data_batch_{i + 1}': (x[c], y[c]) for i, c in enumerate(cuts)}
+    batches['test_batch'] = made['test']
+    for b, (bx, by) in batches.items():
+      write_file(native_dir / 'cifar-10-batches-py' / b,
+                 py2_pickle(cifar_batch(bx, by, b)))
+      rec = np.concatenate([by.astype(np.uint8)[:, None], np.ascontiguousarray(
+          bx.transpose(0, 3, 1, 2)).reshape(len(by), 3072)], axis=1)
+      write_file(dl / 'cifar-10-batches-bin' / f'{b}.bin', rec.tobytes())
+    write_file(dl / 'cifar-10-batches-bin' / 'batches.meta.txt',
+               '\n'.join(info.class_names).encode())
+    _prepare(builder, 'download_and_extract', str(dl), fmt)
+  else:
+    files = {}
+    for s, (x, y) in made.items():
+      files[s] = write_file(native_dir / f'{s}_32x32.mat', mat_bytes(
+          svhn_arrays(x, y), True, {'y': np.uint8}))
+    _prepare(builder, 'download', files, fmt)
+  for s in splits:
+    want = data.load(info.name, s, data_dir=native_dir, source='native')
+    np.testing.assert_array_equal(want.labels, made[s][1])
+    got = data.load(info.name, s, data_dir=out, source='tfds',
+                    order='native')
+    assert got.source.startswith(f'tfds: {name}:')
+    assert got.images.tobytes() == want.images.tobytes(), s
+    assert got.labels.tobytes() == want.labels.tobytes(), s
+    stored = data.load(info.name, s, data_dir=out, source='tfds')
+    perm = tfds_source.native_positions(s, sizes[s])
+    np.testing.assert_array_equal(stored.labels, want.labels[perm])
