@@ -28,8 +28,9 @@ where the key is the one the builder gave the example; the builders of
 example by its index in the dataset's native files. ``order='native'``
 undoes that sort, so the arrays are those of the native files, example for
 example (checked bit for bit against MNIST's IDX files by the tests). Where
-the records carry that index themselves (CIFAR-10's ``id``,
-``'train_00042'``), it is used and checked against the hash order; a split
+the records carry that index themselves (the ``id`` of CIFAR-10,
+``'train_00042'``, and of svhn_cropped 3.1.0, ``'extra_000042'``), it is
+used and checked against the hash order; a split
 prepared with ``disable_shuffling`` is already in its native order.
 
 Names used: ``mnist``, ``fashion_mnist``, ``cifar10``, ``svhn_cropped``
@@ -232,8 +233,8 @@ def native_positions(split: str, n: int, ids: Sequence[str] | None = None,
   tensorflow-datasets sorts a split's examples by the 128-bit
   ``md5(split + str(key))`` (``tfds.core.hashing.Hasher``); the builders
   read here key each example by its index in the native files. With
-  ``ids`` (CIFAR-10's ``'<split>_<index>'``), the indices are read from them
-  and must agree with that order.
+  ``ids`` (CIFAR-10's and svhn_cropped's ``'<split>_<index>'``), the indices
+  are read from them and must agree with that order.
 
   Raises:
     DataError: ids that are not ``<split>_<index>`` for a permutation of
