@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -75,7 +75,7 @@ def vary_together(*arrays: Array) -> tuple[Array, ...]:
 def _varying_axes(x: Array) -> frozenset[str]:
   """The manual mesh axes over which ``x`` varies (empty outside shard_map)."""
   aval = jax.typeof(x)
-  vma = getattr(aval, 'vma', None)  # jax <= 0.9
+  vma: Any = getattr(aval, 'vma', None)  # jax <= 0.9
   if vma is None:  # jax 0.10: the manual-axis type holds it
     vma = getattr(getattr(aval, 'mat', None), 'varying', frozenset())
   return frozenset(vma)
