@@ -93,7 +93,9 @@ def define_flags(flag_values=FLAGS) -> None:
                     "the order of the dataset's native files (undoes tfds's "
                     "shuffled order); 'stored': the source's order. Recorded "
                     'in the settings when native.', flag_values=flag_values)
-  flags.DEFINE_string('model', None, 'Model name (jaxkink.models.names()).',
+  flags.DEFINE_string('model', None, 'Model name (jaxkink.models.names()), '
+                      'or package.module:factory for a flax module defined '
+                      'outside jaxkink (run through jaxkink.kinkify).',
                       flag_values=flag_values)
   flags.DEFINE_list('widths', None, 'MLP widths, e.g. 512,512,512,10.',
                     flag_values=flag_values)

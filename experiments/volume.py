@@ -79,7 +79,9 @@ def define_flags() -> None:
   """Defines the script's flags (only when run as a script)."""
   flags.DEFINE_enum('preset', None, sorted(volume_presets.PRESETS),
                     'A paper experiment (several runs); see volume_presets.py.')
-  flags.DEFINE_string('model', 'mlp', f'Model: {", ".join(models.names())}.')
+  flags.DEFINE_string('model', 'mlp', f'Model: {", ".join(models.names())}; '
+                      'or package.module:factory, a flax module defined '
+                      'outside jaxkink (run through jaxkink.kinkify).')
   flags.DEFINE_multi_string('model_opt', [], 'Model option key=value, e.g. '
                             'widths=256,256,10 or batch_norm=true; repeatable.')
   flags.DEFINE_string('kinks', 'relu:0,1', 'The two kink settings compared: '

@@ -163,3 +163,11 @@ class TapedKinks(Kinks):
     self.tape.append(pool_hits(lax.stop_gradient(x), window_shape, strides,
                                padding))
     return super().max_pool(x, window_shape, strides, padding)
+
+  def pool_with_geometry(self, x: ArrayLike,
+                         geom: pooling.WindowGeometry) -> Array:
+    x = lax.optimization_barrier(jnp.asarray(x))
+    count, gap = window_ties(lax.stop_gradient(x), geom)
+    self.tape.append(KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
+                              jnp.min(gap, initial=jnp.inf)))
+    return super().pool_with_geometry(x, geom)

@@ -35,7 +35,6 @@ import numpy as np
 from jax import lax
 
 from jaxkink import pooling
-from jaxkink._values import as_kink_value
 from jaxkink.kinks import Kinks
 
 try:  # JAX's own summary of where an equation was written; private, so guarded.
@@ -555,12 +554,28 @@ class _Interpreter:
 
   # ----------------------------------------------- higher-order primitives
 
+  def _check_untaped(self, what) -> None:
+    """Refuses to carry a kink-hit tape into a nested program.
+
+    :class:`jaxkink.TapedKinks` (the Monte Carlo engine's screen) appends
+    the hits of each kink to a trace-time list; inside a re-emitted ``jit``,
+    a ``scan`` or another nested program those entries would be tracers
+    of that program, not values of the caller's.
+    """
+    if getattr(self.kinks, 'tape', None) is not None:
+      raise ValueError(
+          f'kinkify: kink hits cannot be taped across a nested program '
+          f'({what}) of the kinkified function; run the Monte Carlo engine '
+          'with screen=False (volume.py --screen=false), or write the model '
+          'with jaxkink primitives')
+
   def _call(self, transform, body, args, where):
     """``transform(f)(*args)`` where ``f`` evaluates ``body`` in a child.
 
     The child's measurements come out of the transformed function as extra
     outputs, so that they are the values of that very program.
     """
+    self._check_untaped(where)
     child = self.child(where)
     sites = []
 
@@ -642,6 +657,7 @@ class _Interpreter:
     return self._call(transform, body, invals, self.where_of(eqn, path))
 
   def _shard_map(self, eqn, invals, path):
+    self._check_untaped('shard_map')
     p = eqn.params
     if self.measure is not None:  # per-shard counts would need collectives
       site = Site('shard_map', 'shard_map', self.where_of(eqn, path), path,
@@ -668,6 +684,7 @@ class _Interpreter:
     return list(mapped(*leaves, *invals))
 
   def _scan(self, eqn, invals, frame, path):
+    self._check_untaped('scan')
     p = eqn.params
     consts, init, xs = _scan_operands(p, invals)
     nc, nk = len(consts), len(init)
@@ -692,6 +709,7 @@ class _Interpreter:
     return [*carry, *ys]
 
   def _cond(self, eqn, invals, path):  # pylint: disable=too-many-locals
+    self._check_untaped('cond')
     index, ops = invals[0], invals[1:]
     branches = eqn.params['branches']
     labels = [f'{path}[{i}]' for i in range(len(branches))]
@@ -719,6 +737,7 @@ class _Interpreter:
     return list(outs)
 
   def _while(self, eqn, invals, path):
+    self._check_untaped('while')
     p = eqn.params
     cc, bc = p['cond_nconsts'], p['body_nconsts']
     cconsts, bconsts, init = invals[:cc], invals[cc:cc + bc], invals[cc + bc:]
@@ -835,10 +854,7 @@ def _pool_geometry(params) -> pooling.WindowGeometry | None:
 
 def _kinked_pool(kinks: Kinks, x, geom: pooling.WindowGeometry):
   """``reduce_window_max`` of any layout as :func:`jaxkink.max_pool`."""
-  # pylint: disable=protected-access
-  out_shape = pooling._output_shape(x.shape, geom)
-  beta = as_kink_value(kinks.pool_beta, out_shape, x.dtype, 'pool_beta')
-  return pooling._max_pool(x, beta, geom, kinks.blended_pool_forward)
+  return kinks.pool_with_geometry(x, geom)
 
 
 # -------------------------------------------------------------- public API

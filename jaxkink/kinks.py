@@ -139,6 +139,14 @@ class Kinks:
     return pooling.max_pool(x, window_shape, strides, padding, self.pool_beta,
                             blended_forward=self.blended_pool_forward)
 
+  def pool_with_geometry(self, x: ArrayLike,
+                         geom: pooling.WindowGeometry) -> Array:
+    """:func:`jaxkink.pooling.pool_with_geometry` with this value's ``beta``
+    (any layout; :func:`jaxkink.kinkify` pools through it)."""
+    return pooling.pool_with_geometry(
+        jnp.asarray(x), geom, self.pool_beta,
+        blended_forward=self.blended_pool_forward, name='pool_beta')
+
   def replace(self, **changes: object) -> Kinks:
     """A copy with the named fields changed (``dataclasses.replace``).
 

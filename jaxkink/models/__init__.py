@@ -20,6 +20,7 @@ from a precision policy. ``init_scheme`` selects the initialiser (``INITS``;
 """
 
 from jaxkink.models.densenet import DenseNet
+from jaxkink.models.external import External
 from jaxkink.models.initializers import INITS
 from jaxkink.models.layers import ACTIVATIONS
 from jaxkink.models.lenet import LeNet5
@@ -38,6 +39,7 @@ from jaxkink.models.vgg import VGG
 __all__ = (
     'ACTIVATIONS',
     'DenseNet',
+    'External',
     'INITS',
     'LeNet5',
     'MLP',

@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+from jaxkink.models import external
 from jaxkink.models.densenet import DenseNet
 from jaxkink.models.lenet import LeNet5
 from jaxkink.models.mlp import MLP
@@ -57,18 +58,24 @@ def names() -> tuple[str, ...]:
 
 
 def options(name: str) -> tuple[str, ...]:
-  """The option names model ``name`` accepts (its module fields)."""
+  """The option names model ``name`` accepts (its module fields, or an
+  outside model's factory arguments)."""
+  if external.is_spec(name):
+    return external.options(name)
   cls, _ = _lookup(name)
   return _fields(cls)
 
 
 def get(name: str, *, policy: Policy | str | None = None,
-        **opts: Any) -> nn.Module:
-  """Builds the model registered as ``name``.
+        **opts: Any) -> nn.Module | external.External:
+  """Builds the model registered as ``name``, or an outside one.
 
   Args:
     name: a name of :func:`names`; case, ``-`` and ``_`` do not matter
-      (``'VGG-11'`` is ``'vgg11'``).
+      (``'VGG-11'`` is ``'vgg11'``). Or ``'package.module:factory'``, a
+      model defined outside jaxkink (:mod:`jaxkink.models.external`): a
+      flax module written with ``nn.relu``, ``nn.max_pool``, ... that runs
+      through :func:`jaxkink.kinkify`.
     policy: a precision policy or its name: sets the model's ``dtype``
       (compute), ``param_dtype`` and ``precision`` (see :func:`with_policy`).
     **opts: module fields, e.g. ``batch_norm=False``, ``num_classes=10``;
@@ -88,6 +95,8 @@ def get(name: str, *, policy: Policy | str | None = None,
     >>> models.get('mlp', widths='784,10').widths
     (784, 10)
   """
+  if external.is_spec(name):
+    return external.load(name, policy=policy, **opts)
   cls, preset = _lookup(name)
   fields = _fields(cls)
   unknown = sorted(set(opts) - set(fields))
@@ -129,7 +138,8 @@ def _lookup(name: str):
     key = {k.replace('_', ''): k for k in _MODELS}.get(key, key)
   if key not in _MODELS:
     raise ValueError(f'unknown model {name!r}; valid names: '
-                     f'{", ".join(names())}')
+                     f'{", ".join(names())}, or package.module:factory for '
+                     'a model defined outside jaxkink')
   return _MODELS[key]
 
 
