@@ -127,3 +127,18 @@ def test_train_script_trains_an_outside_model_as_written_with_jaxkink(
   assert sorted(weights[0]) == sorted(weights[1]) and len(weights[0]) > 6
   for k in weights[0]:
     assert_bits_equal(weights[0][k], weights[1][k])
+
+
+def test_kinkify_tapes_the_engines_hits_and_refuses_nested_programs():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jnp.array([[0., 1.], [1., 0.]])[None, :, :, None]
+  f = lambda x: nn.max_pool(jax.nn.relu(x), (2, 2), (1, 1)).sum()
+  taped = jaxkink.TapedKinks.of(jaxkink.Kinks())
+  jaxkink.kinkify(f)(taped, x)
+  # Two ReLU inputs at 0; the one window's maximum, 1, attained twice.
+  assert [int(h.count) for h in taped.tape] == [2, 1]
+  nested = lambda x: jax.jit(lambda x: jnp.sin(jax.nn.relu(x)).sum())(x)
+  with pytest.raises(ValueError, match='cannot be taped .* screen=False'):
+    jaxkink.kinkify(nested)(jaxkink.TapedKinks.of(jaxkink.Kinks()), x)
+  assert float(jaxkink.kinkify(nested)(jaxkink.Kinks(), x)) == float(
+      nested(x))
