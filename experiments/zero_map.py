@@ -141,7 +141,10 @@ def main(argv: Sequence[str]) -> None:
   settings = {'source_run': source.digest, 'neuron': neuron,
               'precisions': [p.to_dict() for p in policies],
               'radius': _RADIUS.value, 'grid': _GRID.value,
-              'seed': _SEED.value}
+              'seed': _SEED.value,
+              # Only when not at their defaults (older run directories
+              # still resume); the data itself is checked by its digest.
+              **data.requested(_DATA_SOURCE.value, _DATA_ORDER.value)}
   with rundir.RunDir.open(_OUT.value or source.file('zero_map'),
                           settings) as out_dir:
     out = out_dir.path
