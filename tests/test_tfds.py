@@ -354,7 +354,7 @@ def test_error_names_the_missing_package(tmp_path, rng, monkeypatch):
   monkeypatch.setitem(sys.modules, 'tensorflow', None)
   with pytest.raises(data.DataError, match=(
       r'is in tfrecord format .*reads only through TensorFlow \(tfds.load\)'
-      r".*pip install 'jaxkink\[tfds-tf\]'.*convert it once to array_record"
+      r".*pip install 'jaxkink\[tfds-tf\]'.*prepare it in array_record format"
       r'.*\(missing: tensorflow-datasets, tensorflow\)')):
     data.load('mnist', data_dir=tmp_path, source='tfds')
 

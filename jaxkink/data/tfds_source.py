@@ -157,10 +157,9 @@ def _require(prep: Prepared) -> None:
     needed = ['tensorflow_datasets', 'tensorflow']
     how = (f'which tensorflow-datasets reads only through TensorFlow '
            f'(tfds.load): needs tensorflow-datasets and TensorFlow: '
-           f'{INSTALL_TF}; or convert it once to array_record, which needs no '
-           'TensorFlow to read (tfds convert_format --dataset_dir=... '
-           '--out_file_format=array_record --out_dir=..., where TensorFlow '
-           'is installed)')
+           f'{INSTALL_TF}; or prepare it in array_record format, which '
+           'needs no TensorFlow to read (tfds build <name> '
+           '--file_format=array_record, where TensorFlow is installed)')
   missing = _missing(needed)
   if missing:
     raise DataError(
