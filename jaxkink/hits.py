@@ -167,7 +167,7 @@ class TapedKinks(Kinks):
   def pool_with_geometry(self, x: ArrayLike,
                          geom: pooling.WindowGeometry) -> Array:
     x = lax.optimization_barrier(jnp.asarray(x))
-    count, gap = window_ties(lax.stop_gradient(x), geom)
+    count, gap = window_ties(lax.stop_gradient(jnp.asarray(x)), geom)
     self.tape.append(KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
                               jnp.min(gap, initial=jnp.inf)))
     return super().pool_with_geometry(x, geom)

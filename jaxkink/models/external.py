@@ -53,7 +53,7 @@ def _factory(spec: str):
   except ImportError as e:
     raise ValueError(f'model {spec!r}: cannot import {module_name!r} ({e}); '
                      'is it on PYTHONPATH?') from e
-  factory = module
+  factory: Any = module
   for part in attr.split('.'):
     factory = getattr(factory, part, None)
     if factory is None:
@@ -95,14 +95,16 @@ class External:
 
   def init(self, rngs, x, kinks, train: bool = False, **kwargs):
     """``module.init``; the kinks do not change the parameters."""
-    kw = {'train': train} if _takes(self.module, 'train') else {}
+    kw: dict[str, Any] = (
+        {'train': train} if _takes(self.module, 'train') else {})
     if self.kink_aware:
       return self.module.init(rngs, x, kinks, **kw, **kwargs)
     return self.module.init(rngs, x, **kw, **kwargs)
 
   def apply(self, variables, x, kinks, train: bool = False, **kwargs):
     """``module.apply``, its kinks' derivatives taken from ``kinks``."""
-    kw = {'train': train} if _takes(self.module, 'train') else {}
+    kw: dict[str, Any] = (
+        {'train': train} if _takes(self.module, 'train') else {})
     if self.kink_aware:
       return self.module.apply(variables, x, kinks, **kw, **kwargs)
     return kinkify(lambda variables, x: self.module.apply(
@@ -134,10 +136,11 @@ def load(spec: str, *, policy: Policy | str | None = None,
   if policy is not None:
     policy = get_policy(policy)
     fields = {f.name for f in dataclasses.fields(module)}
-    change = {k: v for k, v in (('dtype', policy.compute_dtype),
-                                ('param_dtype', policy.param_dtype),
-                                ('precision', policy.jax_precision))
-              if k in fields}
+    change: dict[str, Any] = {
+        k: v for k, v in (('dtype', policy.compute_dtype),
+                          ('param_dtype', policy.param_dtype),
+                          ('precision', policy.jax_precision))
+        if k in fields}
     needed = [k for k, v in (('dtype', policy.compute_dtype),
                              ('param_dtype', policy.param_dtype))
               if jnp.dtype(v) != jnp.float32 and k not in fields]
