@@ -165,7 +165,9 @@ class Reader:
       if self.compressed:
         raise DataError(f'{self.path}: corrupt or truncated gzip file '
                         f'({e})') from e
-      raise DataError(f'cannot read {self.path}: {e.strerror or e}') from e
+      # (EOFError and zlib.error have no strerror.)
+      why = getattr(e, 'strerror', None) or e
+      raise DataError(f'cannot read {self.path}: {why}') from e
 
 
 def read_bytes(path: str | os.PathLike,

@@ -20,11 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkink.data import info as info_lib
-from jaxkink.typing import AnyArray
+from jaxkink.typing import AnyArray, DTypeLike
 
 
 def pixel_table(dataset: str | info_lib.DatasetInfo, *,
-                normalize: bool = True, dtype=np.float32) -> np.ndarray:
+                normalize: bool = True,
+                dtype: DTypeLike = np.float32) -> np.ndarray:
   """The value each uint8 pixel becomes, per channel: ``(256, C)``.
 
   Computed in numpy float32 exactly as the reference code computes it
@@ -53,7 +54,7 @@ def pixel_table(dataset: str | info_lib.DatasetInfo, *,
 
 def preprocess(images: AnyArray, dataset: str | info_lib.DatasetInfo, *,
                normalize: bool = True, flatten: bool = False,
-               dtype=jnp.float32) -> jax.Array:
+               dtype: DTypeLike = jnp.float32) -> jax.Array:
   """Scales, normalises and optionally flattens a batch of uint8 images.
 
   The result is bit-identical to the reference code's float32 pipeline
