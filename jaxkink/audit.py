@@ -77,7 +77,7 @@ class AuditReport(tuple):
     """A fixed-width table: one row per record (file names without their
     directories)."""
     head = ('kind', 'op', 'hits', 'min distance', 'shape', 'kinkify', 'where')
-    rows = [head]
+    rows: list[tuple[str, ...]] = [head]
     for r in self:
       rows.append((r.kind, r.primitive, '-' if r.hits is None else str(r.hits),
                    '-' if r.min_distance is None else f'{r.min_distance:.6g}',

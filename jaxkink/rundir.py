@@ -387,6 +387,7 @@ class RunDir:
     if not os.path.exists(path):
       return None
     problem: str | None
+    arrays: dict[str, np.ndarray] = {}
     try:
       with np.load(path, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}

@@ -94,7 +94,7 @@ class Layers:
     in PyTorch's CPU order (:func:`bias_first_dense`).
     """
     fan_in = x.shape[-1]
-    common = dict(
+    common: dict[str, Any] = dict(
         use_bias=use_bias, dtype=self.dtype, param_dtype=self.param_dtype,
         precision=self.precision,
         kernel_init=initializers.kernel_init(self.init_scheme, 'dense',
