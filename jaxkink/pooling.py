@@ -140,7 +140,7 @@ def window_maxima(x: Array, y: Array, geom: WindowGeometry):
   return hits, count
 
 
-def _divide(num: Array, count: Array) -> Array:
+def _divide(num: Array, count: ArrayLike) -> Array:
   """``num / max(count, 1)``, correctly rounded in every program.
 
   XLA rewrites ``a / broadcast(b)`` into ``a * broadcast(1 / b)``, which is
