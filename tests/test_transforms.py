@@ -84,11 +84,11 @@ TRANSFORMS = {
 def test_away_from_kinks_equals_jax_own(name, transform):
   ours, theirs = PRIMITIVES[name]
   apply = TRANSFORMS[transform]
-  for k in (0.0, 0.5, 1.0):  # no kink: the kink value must not matter
-    got = apply(lambda x: ours(x, k), SMOOTH)
-    want = apply(theirs, SMOOTH)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6,
-                               err_msg=f'{name} {transform} k={k}')
+  # No kink is hit, so the kink value (neither JAX's 0 nor 1) must not
+  # matter; the kink test below runs five values through every primitive.
+  got = apply(lambda x: ours(x, 0.5), SMOOTH)
+  np.testing.assert_allclose(got, apply(theirs, SMOOTH), rtol=1e-6, atol=1e-6,
+                             err_msg=f'{name} {transform}')
 
 
 @pytest.mark.parametrize('k', [0.0, 0.5, 1.0, 2.0, -1.0])
