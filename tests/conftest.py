@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_on_host_devices(script: str, devices: int = 4) -> str:
+  """Runs ``python -c script`` on ``devices`` forced CPU devices; its stdout.
+
+  The device count is added to the caller's ``XLA_FLAGS`` (e.g.
+  ``--xla_cpu_max_isa``), not put instead of them; the script fails the
+  test with its stderr's tail if it exits non-zero.
+  """
+  flags = os.environ.get('XLA_FLAGS', '')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=_ROOT,
+             XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count='
+                       f'{devices}')
+  proc = subprocess.run([sys.executable, '-c', script], env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc.stdout
 
 
 def bits(a) -> np.ndarray:

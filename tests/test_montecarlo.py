@@ -6,8 +6,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -20,9 +18,7 @@ import jaxkink
 from jaxkink import montecarlo as mc
 from jaxkink import models
 from jaxkink import zones
-from conftest import assert_bits_equal, file_bytes
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import assert_bits_equal, file_bytes, run_on_host_devices
 
 
 def _mnist(n, dtype, zero_images=0, blank_batches=None):
@@ -258,14 +254,7 @@ _DEVICES_SCRIPT = textwrap.dedent('''
 
 
 def test_four_devices_equal_one_device():
-  # Added to the caller's XLA_FLAGS (e.g. --xla_cpu_max_isa), not instead.
-  flags = os.environ.get('XLA_FLAGS', '')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count=4')
-  proc = subprocess.run([sys.executable, '-c', _DEVICES_SCRIPT], env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  hits = int(proc.stdout.split()[1])
+  hits = int(run_on_host_devices(_DEVICES_SCRIPT, 4).split()[1])
   assert hits > 0  # ties in the pools: the backward passes did run
 
 

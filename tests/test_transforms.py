@@ -7,10 +7,6 @@ mode (the pullbacks) are separate code, so ``jacfwd == jacrev`` is a real
 check, and hand-worked values pin both.
 """
 
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,8 +16,7 @@ import pytest
 import jaxkink
 
 from conftest import assert_bits_equal
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import run_on_host_devices
 
 # Integer-valued inputs away from every kink (no zeros, no 6, no pooling
 # ties), and the same with kinks (zeros, sixes, tied windows).
@@ -205,10 +200,4 @@ print('ok')
 
 
 def test_shard_map_with_kink_values_sharded_or_replicated():
-  flags = os.environ.get('XLA_FLAGS', '')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS=f'{flags} --xla_force_host_platform_device_count=4')
-  proc = subprocess.run([sys.executable, '-c', _SHARD_SCRIPT], env=env,
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert proc.stdout.split()[-1] == 'ok'
+  assert run_on_host_devices(_SHARD_SCRIPT, 4).split()[-1] == 'ok'

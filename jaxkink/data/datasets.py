@@ -122,12 +122,7 @@ def load(name: str, split: str = 'train', *,
   """
   info = info_lib.get_info(name)
   info_lib.check_split(info, split)
-  if source not in SOURCES:
-    raise DataError(f'unknown data source {source!r}; valid: '
-                    f'{", ".join(SOURCES)}')
-  if order not in ORDERS:
-    raise DataError(f'unknown data order {order!r}; valid: '
-                    f'{", ".join(ORDERS)}')
+  _check_source_order(source, order)
   directory = files.resolve_data_dir(data_dir)
   if source == 'auto':
     if directory is not None:
@@ -155,6 +150,15 @@ def load(name: str, split: str = 'train', *,
   return Dataset(info.name, split, images, labels, where)
 
 
+def _check_source_order(source: str, order: str) -> None:
+  if source not in SOURCES:
+    raise DataError(f'unknown data source {source!r}; valid: '
+                    f'{", ".join(SOURCES)}')
+  if order not in ORDERS:
+    raise DataError(f'unknown data order {order!r}; valid: '
+                    f'{", ".join(ORDERS)}')
+
+
 def requested(source: str = 'auto', order: str = 'stored') -> dict[str, str]:
   """The ``load`` arguments a run asked for, for its settings: only those
   not at their default (``source='auto'``, ``order='stored'``), so that the
@@ -164,12 +168,7 @@ def requested(source: str = 'auto', order: str = 'stored') -> dict[str, str]:
   Raises:
     DataError: an unknown source or order.
   """
-  if source not in SOURCES:
-    raise DataError(f'unknown data source {source!r}; valid: '
-                    f'{", ".join(SOURCES)}')
-  if order not in ORDERS:
-    raise DataError(f'unknown data order {order!r}; valid: '
-                    f'{", ".join(ORDERS)}')
+  _check_source_order(source, order)
   out = {}
   if source != 'auto':
     out['data_source'] = source
