@@ -72,8 +72,10 @@ def define_flags(flag_values=FLAGS) -> None:
   """Defines the script's flags (only when run as a script, so that tests
   can import it beside other experiments). Flags left at None take the
   preset's value, else ``DEFAULTS``."""
-  flags.DEFINE_string('preset', None, 'A preset of jaxkink.training.PRESETS.',
-                      flag_values=flag_values)
+  flags.DEFINE_enum('preset', None, sorted(training.PRESETS), "A paper's "
+                    'training setting (jaxkink.training.PRESETS; each '
+                    "preset's source is in jaxkink/training/presets.py).",
+                    flag_values=flag_values)
   flags.DEFINE_boolean('reduced', False, "The preset's CPU-sized version.",
                        flag_values=flag_values)
   flags.DEFINE_string('out', 'runs/train', 'Run directory.',
@@ -153,8 +155,6 @@ def define_flags(flag_values=FLAGS) -> None:
   flags.DEFINE_integer('eval_batch_size', 1000, 'Test batch size.',
                        flag_values=flag_values)
   check = lambda *a: cli.check(*a, flag_values=flag_values)
-  check('preset', lambda v: training.get_preset(v) is not None,
-        'unknown preset')
   cli.check_positive(('epochs', 'batch_size', 'seeds', 'eval_batch_size',
                       'train_examples', 'test_examples'),
                      flag_values=flag_values)

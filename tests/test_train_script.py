@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -65,6 +66,7 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
   from experiments import train as script  # pylint: disable=g-import-not-at-top
+  from jaxkink import training  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   script.define_flags(fv)
   fv(['train.py', '--preset=relu_mlp_mnist', '--reduced', '--widths=16,10',
@@ -75,8 +77,14 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
   assert s['widths'] == ['16', '10'] and s['kink_values'] == ['0', '0.5']
   assert s['seeds'] == 1  # command line
   fv.unparse_flags()
-  with pytest.raises(flags.IllegalFlagValueError, match='unknown preset'):
-    fv(['train.py', '--preset=nope'])  # refused while parsing
+  # --helpfull lists every preset, and an unknown name is refused while
+  # parsing with the list (an enum flag, as volume.py's --preset).
+  names = sorted(training.PRESETS)
+  assert fv['preset'].help.startswith(f'<{"|".join(names)}>: ')
+  with pytest.raises(flags.IllegalFlagValueError,
+                     match=re.escape('value should be one of <'
+                                     f'{"|".join(names)}>')):
+    fv(['train.py', '--preset=nope'])
   fv.unparse_flags()
   fv(['train.py', '--reduced'])
   with pytest.raises(app.UsageError, match='--reduced needs --preset'):
