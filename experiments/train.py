@@ -23,6 +23,12 @@ ReLU'(0) assignment (``legacy_relu_grad``) and with the multiplication, into
 ``<out>/legacy_off`` and ``<out>/legacy_on``, and plots both (the 2023
 erratum comparison).
 
+The last line printed is JSON, of one shape with or without
+``--compare_legacy``: the final test accuracy (mean over seeds) per ReLU'(0)
+rule and member label, e.g. ``{"final_test_acc_mean": {"legacy_off": {"s=0":
+0.9712, "s=1": 0.9705}}}``; ``legacy_on`` for ``--legacy_relu_grad``, both
+keys with ``--compare_legacy``.
+
 Outputs: ``manifest.json``, ``flags.json``, ``environment.json``, ``policy.json``,
 ``data.json``, ``metrics.json`` (per epoch and member: train loss, train
 and test accuracy, test loss, L1 / L2 distance to the first kink value of the
@@ -138,7 +144,12 @@ def define_flags(flag_values=FLAGS) -> None:
                        "assignment of ReLU'(0) (see jaxkink.Kinks).",
                        flag_values=flag_values)
   flags.DEFINE_boolean('compare_legacy', False, 'Run with legacy_relu_grad '
-                       'off and on, and plot both.', flag_values=flag_values)
+                       'off and on (into <out>/legacy_off and '
+                       '<out>/legacy_on), and plot both. The last line '
+                       'printed is JSON of the same shape either way: '
+                       '{"final_test_acc_mean": {rule: {label: accuracy}}}, '
+                       'rule legacy_off and/or legacy_on.',
+                       flag_values=flag_values)
   flags.DEFINE_boolean('blended_pool_forward', False, 'The TMLR reference '
                        "code's pooled forward.", flag_values=flag_values)
   flags.DEFINE_boolean('shared_batch', False, 'Vmap over kinks with the '
@@ -471,6 +482,21 @@ def run_one(run: rundir.RunDir, sweep: Sweep, train, test,
 LEGACY_RUNS = {'legacy_off': False, 'legacy_on': True}
 
 
+def rule_name(legacy: bool) -> str:
+  """``'legacy_on'`` (the 2021 code's assignment) or ``'legacy_off'``."""
+  return next(k for k, v in LEGACY_RUNS.items() if v == legacy)
+
+
+def final_line(summaries: dict[str, dict[str, Any]]) -> dict[str, Any]:
+  """The line printed at the end: ``{'final_test_acc_mean': {rule:
+  {label: accuracy}}}``, the same shape with or without
+  ``--compare_legacy`` (which gives both rules)."""
+  return {'final_test_acc_mean': {
+      rule: {r['label']: round(r['test_acc_mean'], 4)
+             for r in summary['per_kink']}
+      for rule, summary in summaries.items()}}
+
+
 @cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
@@ -517,13 +543,9 @@ def main(argv: Sequence[str]) -> None:
           'assigned (s, 2021 code)': summaries['legacy_on']},
           f'{s["model"]} {desc["name"]} {s["precision"]}: ReLU\'(0) '
           'assigned vs multiplied')
-  if top is not None:
-    final = {k: [(r['kink_value'], round(r['test_acc_mean'], 4))
-                 for r in v['per_kink']] for k, v in summaries.items()}
-  else:
-    final = [(r['label'], round(r['test_acc_mean'], 4))
-             for r in summaries['']['per_kink']]
-  print(json.dumps({'final_test_acc_mean': final}))
+  if top is None:  # the one sweep, under the name of its ReLU'(0) rule
+    summaries = {rule_name(FLAGS.legacy_relu_grad): summaries['']}
+  print(json.dumps(final_line(summaries)))
 
 
 if __name__ == '__main__':

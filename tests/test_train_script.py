@@ -39,6 +39,9 @@ def test_erratum_comparison_on_two_devices_and_resume(tmp_path):
           '--optimizer=sgd', '--momentum=0.9', '--lr=0.05', f'--out={out}')
   first = _train(*args, devices=2)
   assert '2 devices' in first.stdout
+  final = json.loads(first.stdout.splitlines()[-1])['final_test_acc_mean']
+  assert list(final) == ['legacy_off', 'legacy_on']
+  assert all(list(v) == ['s=0', 's=1'] for v in final.values()), final
   for name in ('erratum.json', 'erratum.png'):
     assert os.path.getsize(os.path.join(out, name)) > 100
   for variant in ('legacy_off', 'legacy_on'):
@@ -98,3 +101,20 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
                check=False)
   assert bad.returncode != 0
   assert 'valid: sgd, adam' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_final_line_has_one_shape():
+  """The JSON line printed at the end: {rule: {label: accuracy}} with or
+  without --compare_legacy."""
+  from experiments import train as script  # pylint: disable=g-import-not-at-top
+  summary = {'epochs': 2, 'per_kink': [
+      {'label': 's=0', 'test_acc_mean': 0.912345},
+      {'label': 's=1', 'test_acc_mean': 0.9}]}
+  assert script.rule_name(False) == 'legacy_off'
+  assert script.rule_name(True) == 'legacy_on'
+  one = script.final_line({script.rule_name(False): summary})
+  assert one == {'final_test_acc_mean': {
+      'legacy_off': {'s=0': 0.9123, 's=1': 0.9}}}
+  both = script.final_line({'legacy_off': summary, 'legacy_on': summary})
+  assert both['final_test_acc_mean']['legacy_on'] == (
+      one['final_test_acc_mean']['legacy_off'])
