@@ -6,11 +6,16 @@ the exit status is non-zero and no traceback is printed. Errors that can only
 be found later (a batch size larger than the data set, a run directory
 holding another run) are turned into the same kind of one-line message by
 :func:`main`.
+
+Importing this module also hides JAX's line about a backend it probed and
+could not start (``Unable to initialize backend 'tpu': ... libtpu.so``, on
+every machine without a TPU): see :func:`quiet_backend_probing`.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 import sys
@@ -30,7 +35,47 @@ EXIT_REFUSED = 2
 __all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
            'check_choice', 'check_output_dir', 'check_output_file',
            'check_policies', 'check_positive', 'check_together', 'fail',
-           'finite_float', 'finite_floats', 'main', 'positive_ints')
+           'finite_float', 'finite_floats', 'main', 'positive_ints',
+           'quiet_backend_probing')
+
+# The logger and the start of the INFO message with which JAX reports a
+# backend that failed to start and may fail quietly (jax._src.xla_bridge,
+# ``backends()``). A backend that must not fail raises instead.
+_PROBE_LOGGER = 'jax._src.xla_bridge'
+_PROBE_MESSAGE = 'Unable to initialize backend'
+
+
+class _BackendProbeFilter(logging.Filter):
+  """Drops JAX's below-WARNING "Unable to initialize backend" records,
+  unless JAX's own logging level (``JAX_LOGGING_LEVEL``) or absl's
+  ``--verbosity=1`` (DEBUG) asks for them."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if (record.levelno >= logging.WARNING
+        or not record.getMessage().startswith(_PROBE_MESSAGE)):
+      return True
+    jax_level = logging.getLogger('jax').level  # NOTSET unless JAX's set
+    return (bool(jax_level) and jax_level <= record.levelno) or (
+        logging.getLogger().getEffectiveLevel() <= logging.DEBUG)
+
+
+def quiet_backend_probing() -> None:
+  """Hides JAX's INFO line about each backend it probed and could not
+  start (``Unable to initialize backend 'tpu': ... libtpu.so``).
+
+  absl's ``app.run`` sets Python logging to INFO, so every script printed
+  it first. Only that message of that logger is dropped: JAX's warnings
+  (e.g. a GPU that its jaxlib cannot use) still show, ``JAX_PLATFORMS`` is
+  left alone, and ``JAX_LOGGING_LEVEL=INFO`` or ``--verbosity=1`` shows the
+  line again. Called when this module is imported; calling it again does
+  nothing.
+  """
+  logger = logging.getLogger(_PROBE_LOGGER)
+  if not any(isinstance(f, _BackendProbeFilter) for f in logger.filters):
+    logger.addFilter(_BackendProbeFilter())
+
+
+quiet_backend_probing()
 
 
 def finite_float(text: Any, what: str) -> float:
