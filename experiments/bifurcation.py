@@ -52,6 +52,11 @@ FLAGS = flags.FLAGS
 
 
 MEMBERS = ('s0', 's1', 's0 control')
+BATCH_SIZE = 128
+# One epoch of MNIST's 60000 training images in minibatches of 128:
+# minibatch_order drops the last partial batch (96 images), so 468 steps.
+# (The reference notebook's DataLoader keeps it: its epoch is 469.)
+EPOCH_STEPS = 60000 // BATCH_SIZE
 DEFAULT_WIDTHS = {'relu': (2000, 128, 10), 'relu6': (4000, 256, 10)}
 
 
@@ -286,9 +291,13 @@ def define_flags() -> None:
                     '4000,256,10 for relu6).')
   flags.DEFINE_list('kink_values', ['0', '1'],
                     'The two kink values s0,s1 (the control is s0).')
-  flags.DEFINE_integer('steps', 469, 'SGD iterations (an epoch of 128 is 468 '
-                       'steps: the last partial batch is dropped).')
-  flags.DEFINE_integer('batch_size', 128, 'Minibatch size.')
+  flags.DEFINE_integer('steps', EPOCH_STEPS, 'SGD iterations. The default '
+                       'is one epoch of full MNIST at --batch_size=128: '
+                       '60000 // 128 = 468 steps, as the last partial batch '
+                       '(96 images) is dropped (the reference notebook keeps '
+                       'it: 469). On the bundled 2000-image sample an epoch '
+                       'is 15 steps; more steps continue epoch after epoch.')
+  flags.DEFINE_integer('batch_size', BATCH_SIZE, 'Minibatch size.')
   flags.DEFINE_list('seeds', ['0'], 'Seeds (initialisation and lr).')
   flags.DEFINE_float('lr', None, 'Step size; default: drawn uniformly in '
                      '[0.01, 0.012] from the seed, as the reference code.')

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -94,6 +96,39 @@ def test_learning_rate_and_minibatch_order():
   np.testing.assert_array_equal(order[:3].ravel(), np.arange(9))
   np.testing.assert_array_equal(order[3], [0, 1, 2])  # the next epoch
   assert order.shape == (7, 3)
+
+
+def test_default_steps_are_one_mnist_epoch():
+  """--steps defaults to one epoch of full MNIST at batch 128: 468 steps,
+  the last partial batch (96 images) dropped."""
+  steps, batch = bifurcation.EPOCH_STEPS, bifurcation.BATCH_SIZE
+  assert (steps, batch) == (468, 128)
+  order = bifurcation.minibatch_order(60000, batch, steps, seed=0,
+                                      shuffle=False)
+  assert order.shape == (468, 128)
+  np.testing.assert_array_equal(order.ravel(), np.arange(59904))
+  more = bifurcation.minibatch_order(60000, batch, steps + 1, seed=0,
+                                     shuffle=False)
+  np.testing.assert_array_equal(more[-1], np.arange(128))  # epoch 2
+
+
+def test_script_default_steps_and_no_backend_probe_line(tmp_path):
+  """The script as a user runs it (JAX_PLATFORMS unset): the --steps
+  default reaches the run, and JAX's "Unable to initialize backend 'tpu'"
+  line is not printed (jaxkink.cli.quiet_backend_probing)."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  for name in ('JAX_PLATFORMS', 'JAX_LOGGING_LEVEL', 'JAXKINK_DATA_DIR'):
+    env.pop(name, None)
+  proc = subprocess.run(
+      [sys.executable, os.path.join(root, 'experiments', 'bifurcation.py'),
+       '--widths=8,10', f'--out={tmp_path}'], env=env, capture_output=True,
+      text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Unable to initialize backend' not in proc.stderr, proc.stderr
+  assert 'bundled MNIST sample' in proc.stderr  # other warnings still show
+  summary = json.loads((tmp_path / 'seed_0' / 'summary.json').read_text())
+  assert summary['steps'] == bifurcation.EPOCH_STEPS
 
 
 def _run(out, steps, **kw):
