@@ -11,6 +11,15 @@ are exact zeros, i.e. weights in the bifurcation zone of this minibatch.
 In float32 the zero set is a band of visible width; in float64 it is much
 thinner at the same scale.
 
+The centre of the plane is the parting weights themselves, and the script
+prints ``min_i |z_i|`` there per precision, with what it means
+(:func:`centre_note`). In the run's precision it need not be 0 although the
+training step found an exact zero there: this map computes the one neuron
+as its own matrix-vector product, in its own program, and exact zeros depend
+on the arithmetic (the summation order XLA picks), not only on the weights
+(DESIGN.md, section 4). In a wider precision it is close to the exact
+pre-activation, i.e. how far the weights really were from the kink.
+
 Run (after ``bifurcation.py``)::
 
   python experiments/zero_map.py --run=runs/bif_f32/seed_0 \
@@ -46,7 +55,9 @@ _DATA_ORDER = flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS),
                                 "tfds's shuffled order).")
 _PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'float64'],
                                 'Precision policies to map.')
-_GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis.')
+_GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis (odd: the '
+                             'middle point is then the parting weights, '
+                             'whose value is printed).')
 _RADIUS = flags.DEFINE_float('radius', 2e-7, 'Half-width of the grid, in '
                              'parameter units along each direction.')
 _SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random plane.')
@@ -103,6 +114,42 @@ def neuron_map(w: np.ndarray, b: float, x: np.ndarray, plane: np.ndarray,
   return jax.jit(jax.vmap(one))(jnp.asarray(coords, dtype))
 
 
+def centre_note(precision: str, value: float, run_precision: str | None,
+                hit_here: bool, finer: bool) -> str:
+  """What ``min_i |z_i|`` at the centre (the parting weights) means.
+
+  Args:
+    precision: the policy of this map.
+    value: its value at the centre.
+    run_precision: the policy the bifurcation run trained in.
+    hit_here: whether training's kink hit was this neuron's (a first-layer
+      hit), i.e. training's forward had an exact zero at these weights.
+    finer: whether this map's compute dtype is finer than the run's.
+  """
+  if not hit_here:
+    return ('the kink hit that parted the runs was in a deeper layer; this is '
+            'the first-layer neuron that came closest to 0, not a hit')
+  if precision == run_precision:
+    if value == 0:
+      return ('an exact zero, as in the training step: the parting weights '
+              f'are in the {precision} zone of this minibatch')
+    return ('not an exact zero, although the training step found one at '
+            'these very weights (that hit parted the runs): this map '
+            'recomputes the neuron alone, one matrix-vector product per grid '
+            'point in its own program, whose rounding can differ from that '
+            "of the layer's matrix product in the training step; exact "
+            'zeros depend on the arithmetic, not only on the weights '
+            '(DESIGN.md, section 4)')
+  if value == 0:
+    return f'an exact zero in {precision} as well'
+  if not finer:
+    return (f'{precision} is not finer than the run\'s {run_precision}: its '
+            'own rounding, not a distance to the kink')
+  return (f'the pre-activation in {precision} at the {run_precision} parting '
+          f'weights: roughly how far they were from the kink, which '
+          f'{run_precision} rounded to exactly 0 in training')
+
+
 @cli.main
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
@@ -129,15 +176,25 @@ def main(argv: Sequence[str]) -> None:
         '--data_order')
   x = np.asarray(data.preprocess(jnp.asarray(ds.images[batch]), 'mnist',
                                  normalize=False, flatten=True))
-  if parting.get('layer') == 0:
+  hit_here = parting.get('layer') == 0
+  if hit_here:
     neuron = parting['neuron']
   else:  # the hit was deeper: map the first-layer neuron closest to 0
     neuron = int(np.argmin(np.min(np.abs(x @ kernel + bias), axis=0)))
   w, b = kernel[:, neuron].astype(np.float64), float(bias[neuron])
   plane = random_plane(jax.random.key(_SEED.value), w.size + 1)
   axis = np.linspace(-_RADIUS.value, _RADIUS.value, _GRID.value)
+  # Exactly symmetric, so that an odd grid's middle is exactly 0 (linspace
+  # gives -2.6e-23 there for 201 points) and its pixel the parting weights.
+  axis = (axis - axis[::-1]) / 2
   coords = np.stack(np.meshgrid(axis, axis, indexing='xy'), -1).reshape(-1, 2)
 
+  run_precision = source.settings.get('precision')
+  run_eps = (jnp.finfo(jaxkink.get_policy(run_precision, check=False)
+                       .compute_dtype).eps if run_precision else None)
+  print(f'{_RUN.value}: trained in {run_precision}, parted at iteration '
+        f"{summary['parting_iteration']}; mapping first-layer neuron {neuron} "
+        f'over a plane of half-width {_RADIUS.value:g} around its weights')
   settings = {'source_run': source.digest, 'neuron': neuron,
               'precisions': [p.to_dict() for p in policies],
               'radius': _RADIUS.value, 'grid': _GRID.value,
@@ -154,11 +211,23 @@ def main(argv: Sequence[str]) -> None:
         values = np.asarray(neuron_map(w, b, x, plane, coords,
                                        policy.compute_dtype), np.float64)
       maps[policy.name] = values.reshape(_GRID.value, _GRID.value)
+      line = (f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of '
+              'the grid')
+      centre, note = None, None
+      if _GRID.value % 2:  # the middle point is the parting weights
+        centre = float(maps[policy.name][_GRID.value // 2,
+                                         _GRID.value // 2])
+        finer = run_eps is not None and bool(
+            jnp.finfo(policy.compute_dtype).eps < run_eps)
+        note = centre_note(policy.name, centre, run_precision, hit_here,
+                           finer)
+        line += (f'; at the centre (the parting weights) min_i |z_i| = '
+                 f'{centre:g}:\n  {note}')
+      else:
+        line += ' (an even --grid has no point at the parting weights)'
       stats[policy.name] = {'zero_fraction': float(np.mean(values == 0)),
-                            'center_value': float(maps[policy.name][
-                                _GRID.value // 2, _GRID.value // 2])}
-      print(f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of the '
-            f'grid, value at the centre {stats[policy.name]["center_value"]:g}')
+                            'center_value': centre, 'center_note': note}
+      print(line, flush=True)
     out_dir.save_npz('zero_map.npz', 0, axis=axis, **maps)
     out_dir.write_json('summary.json', {
         'run': _RUN.value, 'neuron': neuron, 'parting': parting,
@@ -175,7 +244,13 @@ def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
 
   fig, axes = plt.subplots(1, len(maps), figsize=(5.5 * len(maps), 4.6),
                            squeeze=False)
-  extent = [axis[0], axis[-1], axis[0], axis[-1]]
+  # The axes in units of a power of ten named in their labels: with raw
+  # values (+-2e-7) matplotlib puts a "1e-7" offset above the axes, over
+  # the panel titles.
+  exponent = int(np.floor(np.log10(axis[-1])))
+  scaled = axis / 10.0 ** exponent
+  extent = [scaled[0], scaled[-1], scaled[0], scaled[-1]]
+  unit = rf'($\times 10^{{{exponent}}}$)'
   for ax, (name, m) in zip(axes[0], maps.items()):
     cmap = plt.get_cmap('viridis').copy()
     cmap.set_bad('white')
@@ -183,8 +258,8 @@ def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
                     extent=extent, cmap=cmap, aspect='equal')
     fig.colorbar(img, ax=ax, label=r'$\log_{10} \min_i |z_i|$')
     ax.set_title(f'{name}: exact zeros (white) {np.mean(m == 0):.1%}')
-    ax.set_xlabel('direction 1')
-    ax.set_ylabel('direction 2')
+    ax.set_xlabel(f'direction 1 {unit}')
+    ax.set_ylabel(f'direction 2 {unit}')
   fig.suptitle(f'first-layer neuron {neuron} on the minibatch of iteration '
                f'{iteration}, random plane through the weights')
   fig.tight_layout()
