@@ -4,9 +4,9 @@ r"""Throughput of the Monte Carlo volume engine on the Table-1 workload.
 ReLU'(0) = 0 against 1, for:
 
   (a) the engine with screening (one forward pass per pair, the two backward
-      passes only in chunks where a kink was hit), with the thetas looped
-      (``theta_loop='map'``, on CPUs) or vmapped (elsewhere), and the other
-      choice for comparison;
+      passes only where a kink was hit: per theta when the thetas are looped,
+      ``theta_loop='map'``, on CPUs; per chunk when they are vmapped,
+      elsewhere), and the other choice for comparison;
   (b) the engine without screening (both backward passes for every pair,
       still vmapped over the thetas);
   (c) a PyTorch loop as the reference notebook runs it: per theta, two copies

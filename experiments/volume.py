@@ -286,6 +286,7 @@ def prepare(cfg: dict[str, Any], data_dir: str | None,
   source = {'source': described.pop('source')}  # where, not what: recorded
   settings = {'flags': run_flags(cfg),
               'theta_loop': engine.theta_loop,
+              **engine.screen_settings(),
               'data': {**described, 'num_examples_used': n,
                        'sha256': _data_digest(dataset, n),
                        **data_lib.requested(data_source, data_order)},

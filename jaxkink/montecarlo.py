@@ -159,7 +159,10 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
       ``dtype`` / ``param_dtype`` follow ``policy``.
     policy: the precision policy (loss dtype; inputs are cast by the caller).
     pair: the two kink settings (:func:`kink_pair`).
-    screen: skip the backward passes of a chunk whose forward hit no kink.
+    screen: skip the backward passes where the forward hit no kink: per
+      theta with ``theta_loop='map'`` (a ``lax.cond`` inside the loop), per
+      chunk with ``'vmap'`` (where a per-theta condition would compute both
+      branches). ``PairRecord.computed`` says which pairs ran.
     batch_norm_mode: with batch norm, ``'batch'`` normalises with the
       minibatch's statistics (PyTorch modules are in training mode unless
       ``.eval()`` is called, as in the reference notebooks) and
@@ -219,24 +222,42 @@ def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
             jnp.sqrt(sq[first] / base[first]),
             sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
 
-  def skipped(pullbacks):
-    c = jax.tree.leaves(pullbacks)[0].shape[0]
-    false = jnp.zeros((c,), bool)
-    zero = jnp.zeros((c,), acc)
-    return false, false, zero, zero, zero, jnp.ones((c,), bool)
+  def skipped(pullbacks, c=None):
+    shape = () if c is None else (c,)
+    false = jnp.zeros(shape, bool)
+    zero = jnp.zeros(shape, acc)
+    return false, false, zero, zero, zero, jnp.ones(shape, bool)
+
+  def theta_record(v, x, y):
+    # One theta, screened on its own: the predicate and the pullbacks come
+    # from the same forward pass, and a theta without a hit skips its
+    # backward passes inside the loop over thetas.
+    hits, dist, pullbacks = theta_forward(v[0], v[1], x, y)
+    flagged = jnp.any(hits > 0)
+    out = lax.cond(flagged, compare, skipped, pullbacks)
+    return (*out, hits, dist, flagged)
 
   def batch_records(variables, x, y):
     extra = {k: v for k, v in variables.items() if k != 'params'}
+    thetas = (variables['params'], extra)
+    if screen and theta_loop == 'map':
+      (differs, first, rel, rel_first, l1, finite, hits, dist,
+       computed) = lax.map(lambda v: theta_record(v, x, y), thetas)
+      return PairRecord(differs, first, rel, rel_first, l1, hits, dist,
+                        computed, finite)
     per_theta = (lambda v: theta_forward(v[0], v[1], x, y))
     if theta_loop == 'vmap':
-      hits, dist, pullbacks = jax.vmap(per_theta)((variables['params'], extra))
+      hits, dist, pullbacks = jax.vmap(per_theta)(thetas)
       run = jax.vmap(compare)
     else:
-      hits, dist, pullbacks = lax.map(per_theta, (variables['params'], extra))
+      hits, dist, pullbacks = lax.map(per_theta, thetas)
       run = lambda pb: lax.map(compare, pb)
-    flagged = jnp.any(hits > 0)
     if screen:
-      out = lax.cond(flagged, run, skipped, pullbacks)
+      # Batched over thetas, a per-theta condition would become a select
+      # that computes both branches: the chunk is screened as a whole.
+      flagged = jnp.any(hits > 0)
+      c = hits.shape[0]
+      out = lax.cond(flagged, run, lambda pb: skipped(pb, c), pullbacks)
       computed = jnp.broadcast_to(flagged, hits.shape[:1])
     else:
       out = run(pullbacks)
@@ -296,6 +317,20 @@ class Engine:
       fn = jax.shard_map(fn, mesh=mesh, in_specs=(P('theta'), P(), P()),
                          out_specs=P('theta'), check_vma=False)
     self._fn = jax.jit(fn)
+
+  @property
+  def screen_unit(self) -> str | None:
+    """What the screen skips at once: ``'theta'`` (one theta's backward
+    passes, ``theta_loop='map'``), ``'chunk'`` (``'vmap'``) or None."""
+    if not self.screen:
+      return None
+    return 'theta' if self.theta_loop == 'map' else 'chunk'
+
+  def screen_settings(self) -> dict[str, str]:
+    """The screen's unit for a run's settings, where it is not the chunk
+    that every run had before per-theta screening: runs of the old program
+    are then refused, not mixed (their pairs may round otherwise)."""
+    return {'screen_unit': 'theta'} if self.screen_unit == 'theta' else {}
 
   @property
   def num_chunks(self) -> int:
@@ -378,7 +413,7 @@ def engine_settings(engine: Engine, x: AnyArray, y: AnyArray,
           'seed': engine.seed, 'screen': engine.screen,
           'batch_norm_mode': engine.batch_norm_mode,
           'theta_loop': engine.theta_loop, 'batch_size': int(batch_size),
-          'data': rundir.array_digest(x, y)}
+          'data': rundir.array_digest(x, y), **engine.screen_settings()}
 
 
 def _record_check(thetas: int, batches: int

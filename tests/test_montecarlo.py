@@ -55,12 +55,15 @@ def _assert_exact_within(rec, engine):
   """What holds bit for bit inside one program: a pair with no kink hit
   does not differ (the screen's exactness argument, DESIGN.md section 4),
   a hit is a zero distance, and a screened program computes exactly the
-  (chunk, minibatch) blocks where some pair hit a kink."""
+  pairs (``theta_loop='map'``) or the (chunk, minibatch) blocks
+  (``'vmap'``) where a pair hit a kink."""
   flagged = rec.hits.sum(-1) > 0
   assert not (rec.differs & ~flagged).any()
   assert not (rec.differs_first & ~rec.differs).any()
   np.testing.assert_array_equal(rec.min_distance == 0, rec.hits > 0)
-  if engine.screen:
+  if engine.screen_unit == 'theta':
+    np.testing.assert_array_equal(rec.computed, flagged)
+  elif engine.screen:
     m, r = flagged.shape
     block = flagged.reshape(m // engine.chunk, engine.chunk, r).any(1)
     np.testing.assert_array_equal(
