@@ -926,7 +926,9 @@ def kinkify(fn: Callable, *, warn: bool = False,
   without its sharding and donation parameters, when it holds a ``max``,
   ``min``, ``select_n``, ``reduce_window_max`` or recognised ``custom_jvp``
   call; else bound as it was), ``scan``, ``cond``, the body of ``while``,
-  ``checkpoint`` (remat) and ``shard_map``.
+  ``checkpoint`` (remat) and ``shard_map``. Given a :class:`jaxkink.TapedKinks`
+  (the Monte Carlo engine's screen), kinks inside any of these are refused
+  with a ``ValueError``: their hits would be values of the nested program.
   Left alone, bound exactly as they were:
 
   * ``custom_jvp`` / ``custom_vjp`` calls other than the two above: their

@@ -92,7 +92,6 @@ class External:
     """Whether the module takes ``kinks`` itself (else it is kinkified)."""
     return _takes(self.module, 'kinks')
 
-
   def init(self, rngs, x, kinks, train: bool = False, **kwargs):
     """``module.init``; the kinks do not change the parameters."""
     kw: dict[str, Any] = (
