@@ -17,9 +17,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxkink import hits, pooling
+from jaxkink import hits
 from jaxkink.kinkify import Site, _Interpreter, trace
-from jaxkink.typing import Array
 
 #: What counts as "on a kink", per kind.
 KINK_RULES = {
@@ -101,13 +100,6 @@ class AuditReport(tuple):
     return sum(r.hits for r in self if r.hits is not None)
 
 
-def _pool_hits(x: Array, geom: pooling.WindowGeometry):
-  """:func:`jaxkink.pool_hits` for a window geometry of any layout."""
-  count, gap = hits.window_ties(x, geom)
-  return hits.KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
-                       jnp.min(gap, initial=jnp.inf))
-
-
 def _equal_hits(a, b):
   a, b = jnp.broadcast_arrays(jnp.asarray(a), jnp.asarray(b))
   dist = jnp.abs(a - b)
@@ -144,7 +136,7 @@ def measure(site: Site, operands: dict) -> Any:
     if kind == 'relu6':
       return tuple(hits.relu6_hits(x))
     if kind == 'max_pool':
-      return tuple(_pool_hits(x, operands['geom']))
+      return tuple(hits.geometry_hits(x, operands['geom']))
     return tuple(hits.relu_hits(x))
   invals, params = operands['invals'], operands['params']
   v = invals[0]

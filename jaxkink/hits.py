@@ -98,6 +98,14 @@ def pool_hits(x: ArrayLike, window_shape: Sequence[int],
                   jnp.min(gap, axis=axis, initial=jnp.inf))
 
 
+def geometry_hits(x: ArrayLike, geom: pooling.WindowGeometry) -> KinkHits:
+  """:func:`pool_hits` over all axes, for a window geometry of any layout
+  (what :func:`jaxkink.kinkify` recognises as a pool)."""
+  count, gap = window_ties(jnp.asarray(x), geom)
+  return KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
+                  jnp.min(gap, initial=jnp.inf))
+
+
 def window_ties(x: Array, geom: pooling.WindowGeometry) -> tuple[Array, Array]:
   """Per pooled output: how many valid window members equal the maximum, and
   the gap from the maximum to the largest other member (0 at a tie).
@@ -167,7 +175,5 @@ class TapedKinks(Kinks):
   def pool_with_geometry(self, x: ArrayLike,
                          geom: pooling.WindowGeometry) -> Array:
     x = lax.optimization_barrier(jnp.asarray(x))
-    count, gap = window_ties(lax.stop_gradient(jnp.asarray(x)), geom)
-    self.tape.append(KinkHits(jnp.sum(count > 1, dtype=jnp.int32),
-                              jnp.min(gap, initial=jnp.inf)))
+    self.tape.append(geometry_hits(lax.stop_gradient(x), geom))
     return super().pool_with_geometry(x, geom)
