@@ -307,12 +307,7 @@ def define_flags() -> None:
                       '$JAXKINK_DATA_DIR, else the bundled sample; with '
                       '--data_source=tfds: the tensorflow-datasets data '
                       'directory).')
-  flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES), 'Where MNIST '
-                    'comes from (jaxkink.data.load); recorded in the '
-                    'settings when not auto.')
-  flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS), "'native': "
-                    "the IDX files' order (undoes tfds's shuffled order); "
-                    'recorded in the settings when native.')
+  cli.define_data_flags()
   flags.DEFINE_integer('checkpoint_every', 250,
                        'Steps between checkpoints (resume points).')
   cli.check_policies('precision')

@@ -91,16 +91,7 @@ def define_flags(flag_values=FLAGS) -> None:
                       'sample; with --data_source=tfds: the '
                       'tensorflow-datasets data directory).',
                       flag_values=flag_values)
-  flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES), 'Where the '
-                    'data comes from (jaxkink.data.load): native files, a '
-                    'prepared tensorflow-datasets directory (tfds), the '
-                    "bundled MNIST sample; 'auto': native when a data "
-                    'directory is configured, else the sample. Recorded in '
-                    'the settings when not auto.', flag_values=flag_values)
-  flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS), "'native': "
-                    "the order of the dataset's native files (undoes tfds's "
-                    "shuffled order); 'stored': the source's order. Recorded "
-                    'in the settings when native.', flag_values=flag_values)
+  cli.define_data_flags(flag_values)
   flags.DEFINE_string('model', None, 'Model name (jaxkink.models.names()), '
                       'or package.module:factory for a flax module defined '
                       'outside jaxkink (run through jaxkink.kinkify).',

@@ -111,17 +111,7 @@ def define_flags() -> None:
                       f'files (default ${data_lib.ENV_VAR}, else the bundled '
                       'MNIST sample), or the tensorflow-datasets data '
                       'directory with --data_source=tfds.')
-  flags.DEFINE_enum('data_source', 'auto', list(data_lib.SOURCES),
-                    'Where the data comes from (jaxkink.data.load): the '
-                    'native files, a prepared tensorflow-datasets directory '
-                    "(tfds), the bundled MNIST sample; 'auto': native when "
-                    'a data directory is configured, else the sample. '
-                    'Recorded in the settings when not auto.')
-  flags.DEFINE_enum('data_order', 'stored', list(data_lib.ORDERS),
-                    "'native': the order of the dataset's native files (for "
-                    "tfds, which stores its own shuffled order: the same "
-                    "records as the native source); 'stored': the source's "
-                    'order. Recorded in the settings when native.')
+  cli.define_data_flags()
   flags.DEFINE_integer('train_size', None, 'Use the first N training '
                        'examples (default: all).')
   flags.DEFINE_bool('normalize', False, 'Normalise inputs with the '

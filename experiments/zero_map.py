@@ -48,11 +48,7 @@ from jaxkink import rundir
 _RUN = flags.DEFINE_string('run', None, 'A bifurcation.py seed directory '
                            '(with parting_params.npz and summary.json).')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory.')
-_DATA_SOURCE = flags.DEFINE_enum('data_source', 'auto', list(data.SOURCES),
-                                 'Where MNIST comes from (jaxkink.data.load).')
-_DATA_ORDER = flags.DEFINE_enum('data_order', 'stored', list(data.ORDERS),
-                                "'native': the IDX files' order (undoes "
-                                "tfds's shuffled order).")
+_DATA_SOURCE, _DATA_ORDER = cli.define_data_flags()
 _PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'float64'],
                                 'Precision policies to map.')
 _GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis (odd: the '

@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from jaxkink import precision
+from jaxkink.data import datasets as data_sources
 from jaxkink.data.errors import DataError
 from jaxkink.rundir import RefusedError
 
@@ -33,7 +34,7 @@ from jaxkink.rundir import RefusedError
 EXIT_REFUSED = 2
 
 __all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
-           'check_choice', 'check_output_dir', 'check_output_file',
+           'check_choice', 'check_output_dir', 'define_data_flags', 'check_output_file',
            'check_policies', 'check_positive', 'check_together', 'fail',
            'finite_float', 'finite_floats', 'main', 'positive_ints',
            'quiet_backend_probing')
@@ -187,6 +188,28 @@ def check_together(names: Sequence[str],
     return True
   flags.register_multi_flags_validator(list(names), validate, message=message,
                                        flag_values=flag_values)
+
+
+def define_data_flags(flag_values: flags.FlagValues = flags.FLAGS
+                      ) -> tuple[flags.FlagHolder[str], flags.FlagHolder[str]]:
+  """Defines ``--data_source`` and ``--data_order``, the two arguments of
+  :func:`jaxkink.data.load` that every experiment script passes on, and
+  records only when not at their defaults (:func:`jaxkink.data.requested`).
+  Returns their holders."""
+  source = flags.DEFINE_enum(
+      'data_source', 'auto', list(data_sources.SOURCES),
+      'Where the data comes from (jaxkink.data.load): the native files, a '
+      "prepared tensorflow-datasets directory (tfds), the bundled MNIST "
+      "sample; 'auto': native when a data directory is configured, else the "
+      'sample. Recorded in the settings when not auto.',
+      flag_values=flag_values)
+  order = flags.DEFINE_enum(
+      'data_order', 'stored', list(data_sources.ORDERS),
+      "'native': the order of the dataset's native files (for tfds, which "
+      'stores its own shuffled order: the same records as the native '
+      "source); 'stored': the source's order. Recorded in the settings when "
+      'native.', flag_values=flag_values)
+  return source, order
 
 
 def check_policies(name: str,
