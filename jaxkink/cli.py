@@ -37,7 +37,7 @@ __all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
            'check_choice', 'check_output_dir', 'define_data_flags', 'check_output_file',
            'check_policies', 'check_positive', 'check_together', 'fail',
            'finite_float', 'finite_floats', 'main', 'positive_ints',
-           'quiet_backend_probing')
+           'quiet_backend_probing', 'run')
 
 # The logger and the start of the INFO message with which JAX reports a
 # backend that failed to start and may fail quietly (jax._src.xla_bridge,
@@ -298,3 +298,16 @@ def main(fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]],
     except (app.UsageError, UsageValueError, DataError) as e:
       fail(str(e))
   return wrapped
+
+
+def run(fn: Callable[[Sequence[str]], Any], doc: str | None) -> None:
+  """Runs an absl ``main`` as a command, with ``doc`` as its ``--help`` text.
+
+  absl prints the docstring of the ``__main__`` module above the flags; a
+  console command's ``__main__`` is the launcher pip writes, which has none,
+  so the experiment module's docstring is given to it.
+  """
+  main_module = sys.modules.get('__main__')
+  if main_module is not None and not main_module.__doc__:
+    main_module.__doc__ = doc
+  app.run(fn)

@@ -46,7 +46,6 @@ import os
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,7 +57,7 @@ from jaxkink import rundir
 from jaxkink.hits import TapedKinks
 from jaxkink.kinks import Kinks
 from jaxkink.precision import Policy
-from jaxkink.typing import AnyArray, Array, PyTree
+from jaxkink.typing import AnyArray, Array, KinkModel, PyTree
 
 __all__ = (
     'Engine',
@@ -144,7 +143,7 @@ def _first_kernel_index(params: PyTree) -> int:
   return 0
 
 
-def make_chunk_fn(model: nn.Module, policy: Policy, pair: Kinks, *,
+def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
                   screen: bool = True, batch_norm_mode: str = 'batch',
                   theta_loop: str = 'vmap') -> Callable:
   """The per-device work: ``fn(keys, xs, ys) -> PairRecord``.
@@ -289,7 +288,7 @@ class Engine:
     devices: the local devices to shard the thetas over (default, empty:
       all).
   """
-  model: nn.Module
+  model: KinkModel
   policy: Policy
   pair: Kinks
   samples: int

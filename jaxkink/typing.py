@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence, Union
+from typing import Any, Callable, Protocol, Sequence, Union
 
 import jax
 import numpy as np
@@ -18,3 +18,18 @@ DTypeLike = jax.typing.DTypeLike
 PRNGKey = jax.Array
 PyTree = Any
 Padding = Union[str, Sequence[tuple[int, int]]]
+
+
+class KinkModel(Protocol):
+  """What the engines need of a model: ``init(rngs, x, kinks, ...)`` and
+  ``apply(variables, x, kinks, ...)``, the kinks after the input (a zoo
+  model, or an outside one through
+  :class:`jaxkink.models.external.External`)."""
+
+  @property
+  def init(self) -> Callable[..., Any]:
+    ...
+
+  @property
+  def apply(self) -> Callable[..., Any]:
+    ...

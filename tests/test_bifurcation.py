@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxkink
-from experiments import bifurcation
+from jaxkink.experiments import bifurcation
 from jaxkink import lockstep
 from jaxkink import models
 from conftest import assert_bits_equal

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from jaxkink import zones
-from experiments import volume_presets as presets
+from jaxkink.experiments import volume_presets as presets
 
 SWEEPS = ('fig2_width', 'fig2_depth', 'fig2_batch_size')
 

@@ -56,10 +56,13 @@ def _defined_names(path: pathlib.Path) -> set[str]:
 
 
 def _public_modules() -> list[pathlib.Path]:
-  """Every module of the package whose path has no leading underscore."""
+  """Every module of the package whose path has no leading underscore,
+  except the commands of ``jaxkink/experiments/`` (programs: their API is
+  their flags)."""
   return [p for p in sorted(PACKAGE.rglob('*.py'))
           if not any(part.startswith('_') and part != '__init__.py'
-                     for part in p.relative_to(PACKAGE).parts)]
+                     for part in p.relative_to(PACKAGE).parts)
+          and p.relative_to(PACKAGE).parts[0] != 'experiments']
 
 
 def _module_name(path: pathlib.Path) -> str:

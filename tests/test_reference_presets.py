@@ -25,8 +25,8 @@ from jaxkink import montecarlo as mc
 from jaxkink import models
 from jaxkink import zones
 from jaxkink.hits import TapedKinks
-from experiments import volume
-from experiments import volume_presets as presets
+from jaxkink.experiments import volume
+from jaxkink.experiments import volume_presets as presets
 
 TABLE1 = {run.label: run for run in presets.PRESETS['table1'].runs}
 

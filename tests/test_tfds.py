@@ -412,8 +412,8 @@ def test_volume_table1_from_tfds_in_native_order_is_the_native_run():
   tfds_dir = need('tfds', 'array_record')
   need('mnist')
   need_tfds()
-  from experiments import volume  # pylint: disable=g-import-not-at-top
-  from experiments import volume_presets  # pylint: disable=g-import-not-at-top
+  from jaxkink.experiments import volume  # pylint: disable=g-import-not-at-top
+  from jaxkink.experiments import volume_presets  # pylint: disable=g-import-not-at-top
   runs = [r for r in volume_presets.PRESETS['table1'].runs
           if r.flags['precision'] == 'float32']
   assert len(runs) == 2

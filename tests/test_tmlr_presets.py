@@ -28,8 +28,8 @@ from jaxkink import montecarlo as mc
 from jaxkink import pooling
 from jaxkink import zones
 from jaxkink.kinks import Kinks
-from experiments import volume
-from experiments import volume_presets as presets
+from jaxkink.experiments import volume
+from jaxkink.experiments import volume_presets as presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED_DATA = os.path.join(ROOT, '..', 'shared', 'data')

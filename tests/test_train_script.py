@@ -68,7 +68,7 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
   """Presets fill the flags the command line leaves out (in process)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
-  from experiments import train as script  # pylint: disable=g-import-not-at-top
+  from jaxkink.experiments import train as script  # pylint: disable=g-import-not-at-top
   from jaxkink import training  # pylint: disable=g-import-not-at-top
   fv = flags.FlagValues()
   script.define_flags(fv)
@@ -106,7 +106,7 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
 def test_final_line_has_one_shape():
   """The JSON line printed at the end: {rule: {label: accuracy}} with or
   without --compare_legacy."""
-  from experiments import train as script  # pylint: disable=g-import-not-at-top
+  from jaxkink.experiments import train as script  # pylint: disable=g-import-not-at-top
   summary = {'epochs': 2, 'per_kink': [
       {'label': 's=0', 'test_acc_mean': 0.912345},
       {'label': 's=1', 'test_acc_mean': 0.9}]}

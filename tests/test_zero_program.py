@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from experiments import zero_program
+from jaxkink.experiments import zero_program
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NONZERO_T = [t for t in zero_program.T_GRID if t != 0]

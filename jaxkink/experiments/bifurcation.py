@@ -16,7 +16,7 @@ s0 vs s1).
 
 Run::
 
-  python experiments/bifurcation.py --data_dir=../shared/data \
+  jaxkink-bifurcation --data_dir=../shared/data \
       --precision=float32 --steps=3000 --seeds=0,1,2,3,4 --out=runs/bif32
 
 Each seed writes ``<out>/seed_<k>/``: ``records.npz`` (per step: distances,
@@ -408,6 +408,11 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps({'parting_iterations': parts}))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Runs the ``jaxkink-bifurcation`` command."""
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()

@@ -13,9 +13,9 @@ changes nothing.
 Presets hold the papers' settings (``--preset=relu_mlp_mnist``, ``--reduced``
 for a CPU-sized version; explicit flags override the preset)::
 
-  python experiments/train.py --preset=relu_mlp_mnist --reduced \
+  jaxkink-train --preset=relu_mlp_mnist --reduced \
       --data_dir=../shared/data --compare_legacy --out=runs/train_mnist
-  python experiments/train.py --preset=tmlr_vgg11_beta --reduced \
+  jaxkink-train --preset=tmlr_vgg11_beta --reduced \
       --data_dir=../shared/data --epochs=1 --out=runs/train_tmlr
 
 ``--compare_legacy`` runs the sweep twice, with the 2021 reference code's
@@ -42,9 +42,10 @@ epoch per kink value, mean and std over seeds), ``weight_distance.png``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
@@ -72,6 +73,10 @@ DEFAULTS: dict[str, Any] = dict(
     precision='float32', batch_norm=False, dropout=0.0, activation='relu',
     kink_values=(0.0,), pool_betas=(0.0,), seeds=1, augment=None,
     widths=None)
+
+
+def _finite_nonnegative(text: Any, what: str) -> bool:
+  return cli.finite_float(text, what) >= 0
 
 
 def define_flags(flag_values=FLAGS) -> None:
@@ -156,7 +161,10 @@ def define_flags(flag_values=FLAGS) -> None:
                        'examples only.', flag_values=flag_values)
   flags.DEFINE_integer('eval_batch_size', 1000, 'Test batch size.',
                        flag_values=flag_values)
-  check = lambda *a: cli.check(*a, flag_values=flag_values)
+
+  def check(flag: str, predicate: Callable[[Any], Any], message: str) -> None:
+    cli.check(flag, predicate, message, flag_values=flag_values)
+
   cli.check_positive(('epochs', 'batch_size', 'seeds', 'eval_batch_size',
                       'train_examples', 'test_examples'),
                      flag_values=flag_values)
@@ -168,12 +176,12 @@ def define_flags(flag_values=FLAGS) -> None:
   check('model', lambda v: models.options(v) is not None, 'unknown model')
   check('widths', lambda v: cli.positive_ints(v, '--widths'), 'integers >= 1')
   for name in ('kink_values', 'pool_betas'):
-    check(name, lambda v, n=name: cli.finite_floats(v, f'--{n}'),
+    check(name, functools.partial(cli.finite_floats, what=f'--{name}'),
           'finite numbers')
   check('lr', lambda v: cli.finite_float(v, '--lr') > 0,
         '--lr must be a finite number > 0')
   for name in ('momentum', 'weight_decay'):
-    check(name, lambda v, n=name: cli.finite_float(v, f'--{n}') >= 0,
+    check(name, functools.partial(_finite_nonnegative, what=f'--{name}'),
           f'--{name} must be a finite number >= 0')
   check('dropout', lambda v: 0 <= cli.finite_float(v, '--dropout') < 1,
         '--dropout must be in [0, 1)')
@@ -539,6 +547,11 @@ def main(argv: Sequence[str]) -> None:
   print(json.dumps(final_line(summaries)))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Runs the ``jaxkink-train`` command."""
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()

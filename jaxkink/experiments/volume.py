@@ -10,14 +10,14 @@ plots; a re-run with the same flags resumes where it stopped.
 
 One run::
 
-  python experiments/volume.py --model=mlp --kinks=relu:0,1 \
+  jaxkink-volume --model=mlp --kinks=relu:0,1 \
       --precision=float32 --samples=100 --data_dir=../shared/data \
       --out=runs/volume_f32
 
 A paper preset (several runs, one plot), at reduced size on the bundled
 MNIST sample::
 
-  python experiments/volume.py --preset=table1 --samples=16 --out=runs/table1
+  jaxkink-volume --preset=table1 --samples=16 --out=runs/table1
 
 Flags given on the command line override the preset's values for every run
 of the preset (e.g. ``--samples``); ``--precision`` restricts the preset to
@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -47,9 +46,7 @@ from jaxkink import models
 from jaxkink import montecarlo
 from jaxkink import rundir
 from jaxkink import zones
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import volume_presets  # pylint: disable=g-import-not-at-top,wrong-import-position
+from jaxkink.experiments import volume_presets
 
 FLAGS = flags.FLAGS
 
@@ -539,14 +536,15 @@ def tmlr_lines(runs: Sequence[volume_presets.Run],
                  f'{_share(split["major"])} | {_sci(thr["max"])} | '
                  f'{_sci(thr["min_nonzero"])} |')
     p = r.paper
-    if any(getattr(p, m) is not None
+    if p is not None and any(getattr(p, m) is not None
            for m in volume_presets.Paper.TMLR_METRICS):
       lines.append(f'| paper: {p.source} | {p.samples} x {p.minibatches} | '
                    f'| - | {_tmlr_paper_cell(p.minor_pairs)} | '
                    f'{_tmlr_paper_cell(p.major_pairs)} | '
                    f'{_tmlr_paper_cell(p.tau_max)} | '
                    f'{_tmlr_paper_cell(p.tau_min_nonzero)} |')
-  zoned = [(r, s) for r, s in tmlr if r.paper.taus and s.get('tau_table')]
+  zoned = [(r, s) for r, s in tmlr
+           if r.paper is not None and r.paper.taus and s.get('tau_table')]
   if zoned:
     lines += ['', 'The zone at other thresholds (same records; theta in '
               "S(tau): 95% Hoeffding, impacted pairs: 95% McDiarmid):", '',
@@ -556,7 +554,7 @@ def tmlr_lines(runs: Sequence[volume_presets.Run],
       table = {row['tau']: row for row in s['tau_table']}
       for what, tau in (('exact (any difference)', 0.0),
                         ('this run', float(r.flags.get('tau', 0.0))),
-                        *r.paper.taus):
+                        *(r.paper.taus if r.paper else ())):
         row = table.get(float(tau))
         if row is None:
           continue
@@ -622,6 +620,7 @@ def plot(preset: volume_presets.Preset | None, runs, summaries,
     _thresholds_panel(ax, runs, summaries)
   elif kind == 'sweep':
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    assert preset is not None and preset.x is not None
     _sweep_panel(ax, preset.x, runs, summaries)
   elif kind == 'curve':
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
@@ -875,6 +874,11 @@ def main(argv: Sequence[str]) -> None:
         'per run)')
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Runs the ``jaxkink-volume`` command."""
   define_flags()
-  app.run(main)
+  cli.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()

@@ -304,14 +304,15 @@ _TAU2_NOTE = ("tau2 (eq. 14): the smallest nonzero D of ReLU'(0) = 0 against "
 
 
 def _table4_run(label: str, flags: dict[str, Any], minibatches: int,
-                tau: str, **value: PaperValue) -> Run:
+                tau: str, *, tau_max: PaperValue | None = None,
+                tau_min_nonzero: PaperValue | None = None) -> Run:
   """One Table 4 run: its flags, and the paper's threshold ``tau``
-  (``'tau1'`` or ``'tau2'``) as the ``Paper`` field named in ``value``."""
+  (``'tau1'`` or ``'tau2'``) as ``tau_max`` or ``tau_min_nonzero``."""
   model, p = flags['model'], flags['precision']
   return Run(label, flags, paper=Paper(
       f'TMLR Table 4, {model}, {p[5:]} bits, {tau}', TMLR_TABLE4_SAMPLES[p],
       minibatches, script=f'{TMLR_REPO} notebooks/threshold_maxpool.ipynb',
-      **value))
+      tau_max=tau_max, tau_min_nonzero=tau_min_nonzero))
 
 
 def _table4() -> tuple[Run, ...]:

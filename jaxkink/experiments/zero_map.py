@@ -22,7 +22,7 @@ pre-activation, i.e. how far the weights really were from the kink.
 
 Run (after ``bifurcation.py``)::
 
-  python experiments/zero_map.py --run=runs/bif_f32/seed_0 \
+  jaxkink-zero-map --run=runs/bif_f32/seed_0 \
       --data_dir=../shared/data --precisions=float32,float64
 
 Writes ``<run>/zero_map/zero_map.png``, ``zero_map.npz`` and ``summary.json``.
@@ -45,20 +45,25 @@ from jaxkink import cli
 from jaxkink import data
 from jaxkink import rundir
 
-_RUN = flags.DEFINE_string('run', None, 'A bifurcation.py seed directory '
-                           '(with parting_params.npz and summary.json).')
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory.')
-_DATA_SOURCE, _DATA_ORDER = cli.define_data_flags()
-_PRECISIONS = flags.DEFINE_list('precisions', ['float32', 'float64'],
-                                'Precision policies to map.')
-_GRID = flags.DEFINE_integer('grid', 201, 'Grid points per axis (odd: the '
-                             'middle point is then the parting weights, '
-                             'whose value is printed).')
-_RADIUS = flags.DEFINE_float('radius', 2e-7, 'Half-width of the grid, in '
-                             'parameter units along each direction.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seed of the random plane.')
-_OUT = flags.DEFINE_string('out', None, 'Output directory (default '
-                           '<run>/zero_map).')
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The flags of the zero_map command, in absl's global FLAGS."""
+  flags.DEFINE_string('run', None, 'A bifurcation.py seed directory (with '
+                      'parting_params.npz and summary.json).')
+  flags.DEFINE_string('data_dir', None, 'MNIST directory.')
+  cli.define_data_flags()
+  flags.DEFINE_list('precisions', ['float32', 'float64'],
+                    'Precision policies to map.')
+  flags.DEFINE_integer('grid', 201, 'Grid points per axis (odd: the middle '
+                       'point is then the parting weights, whose value is '
+                       'printed).')
+  flags.DEFINE_float('radius', 2e-7, 'Half-width of the grid, in parameter '
+                     'units along each direction.')
+  flags.DEFINE_integer('seed', 0, 'Seed of the random plane.')
+  flags.DEFINE_string('out', None, 'Output directory (default '
+                      '<run>/zero_map).')
 
 
 def define_checks() -> None:
@@ -100,12 +105,12 @@ def neuron_map(w: np.ndarray, b: float, x: np.ndarray, plane: np.ndarray,
     ``(m,)`` the distance of the neuron to its kink over the minibatch.
   """
   theta = jnp.asarray(np.append(w, b), dtype)
-  plane = jnp.asarray(plane, dtype)
-  x = jnp.asarray(x, dtype)
+  u, v = jnp.asarray(plane, dtype)
+  xs = jnp.asarray(x, dtype)
 
   def one(ac):
-    t = theta + ac[0] * plane[0] + ac[1] * plane[1]
-    return jnp.min(jnp.abs(x @ t[:-1] + t[-1]))
+    t = theta + ac[0] * u + ac[1] * v
+    return jnp.min(jnp.abs(xs @ t[:-1] + t[-1]))
 
   return jax.jit(jax.vmap(one))(jnp.asarray(coords, dtype))
 
@@ -150,8 +155,8 @@ def centre_note(precision: str, value: float, run_precision: str | None,
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  policies = jaxkink.policies_for_program(_PRECISIONS.value)
-  source = rundir.RunDir.read(_RUN.value)
+  policies = jaxkink.policies_for_program(FLAGS.precisions)
+  source = rundir.RunDir.read(FLAGS.run)
   path = source.file('parting_params.npz')
   if not os.path.exists(path):
     raise app.UsageError(f'{path} not found: that run never parted (or is not '
@@ -161,13 +166,16 @@ def main(argv: Sequence[str]) -> None:
   parting = summary.get('parting') or {}
   z = source.load_npz('parting_params.npz', int(summary['parting_iteration'])
                       - 1)
+  if z is None:
+    raise app.UsageError(f'{path} is not the record of that run\'s parting '
+                         'iteration (see the warning above)')
   kernel, bias, batch = z['Dense_0/kernel'], z['Dense_0/bias'], z['batch']
-  ds = data.load('mnist', 'train', data_dir=_DATA_DIR.value,
-                 source=_DATA_SOURCE.value, order=_DATA_ORDER.value)
+  ds = data.load('mnist', 'train', data_dir=FLAGS.data_dir,
+                 source=FLAGS.data_source, order=FLAGS.data_order)
   if source.settings['data']['sha256'] != rundir.array_digest(ds.images,
                                                               ds.labels):
     raise cli.UsageValueError(
-        f'the MNIST files found ({ds.source}) are not the data {_RUN.value} '
+        f'the MNIST files found ({ds.source}) are not the data {FLAGS.run} '
         'was trained on; pass the same --data_dir, --data_source and '
         '--data_order')
   x = np.asarray(data.preprocess(jnp.asarray(ds.images[batch]), 'mnist',
@@ -178,8 +186,8 @@ def main(argv: Sequence[str]) -> None:
   else:  # the hit was deeper: map the first-layer neuron closest to 0
     neuron = int(np.argmin(np.min(np.abs(x @ kernel + bias), axis=0)))
   w, b = kernel[:, neuron].astype(np.float64), float(bias[neuron])
-  plane = random_plane(jax.random.key(_SEED.value), w.size + 1)
-  axis = np.linspace(-_RADIUS.value, _RADIUS.value, _GRID.value)
+  plane = random_plane(jax.random.key(FLAGS.seed), w.size + 1)
+  axis = np.linspace(-FLAGS.radius, FLAGS.radius, FLAGS.grid)
   # Exactly symmetric, so that an odd grid's middle is exactly 0 (linspace
   # gives -2.6e-23 there for 201 points) and its pixel the parting weights.
   axis = (axis - axis[::-1]) / 2
@@ -188,17 +196,17 @@ def main(argv: Sequence[str]) -> None:
   run_precision = source.settings.get('precision')
   run_eps = (jnp.finfo(jaxkink.get_policy(run_precision, check=False)
                        .compute_dtype).eps if run_precision else None)
-  print(f'{_RUN.value}: trained in {run_precision}, parted at iteration '
+  print(f'{FLAGS.run}: trained in {run_precision}, parted at iteration '
         f"{summary['parting_iteration']}; mapping first-layer neuron {neuron} "
-        f'over a plane of half-width {_RADIUS.value:g} around its weights')
+        f'over a plane of half-width {FLAGS.radius:g} around its weights')
   settings = {'source_run': source.digest, 'neuron': neuron,
               'precisions': [p.to_dict() for p in policies],
-              'radius': _RADIUS.value, 'grid': _GRID.value,
-              'seed': _SEED.value,
+              'radius': FLAGS.radius, 'grid': FLAGS.grid,
+              'seed': FLAGS.seed,
               # Only when not at their defaults (older run directories
               # still resume); the data itself is checked by its digest.
-              **data.requested(_DATA_SOURCE.value, _DATA_ORDER.value)}
-  with rundir.RunDir.open(_OUT.value or source.file('zero_map'),
+              **data.requested(FLAGS.data_source, FLAGS.data_order)}
+  with rundir.RunDir.open(FLAGS.out or source.file('zero_map'),
                           settings) as out_dir:
     out = out_dir.path
     maps, stats = {}, {}
@@ -206,13 +214,13 @@ def main(argv: Sequence[str]) -> None:
       with policy.scope():
         values = np.asarray(neuron_map(w, b, x, plane, coords,
                                        policy.compute_dtype), np.float64)
-      maps[policy.name] = values.reshape(_GRID.value, _GRID.value)
+      maps[policy.name] = values.reshape(FLAGS.grid, FLAGS.grid)
       line = (f'{policy.name}: exact zeros at {np.mean(values == 0):.2%} of '
               'the grid')
       centre, note = None, None
-      if _GRID.value % 2:  # the middle point is the parting weights
-        centre = float(maps[policy.name][_GRID.value // 2,
-                                         _GRID.value // 2])
+      if FLAGS.grid % 2:  # the middle point is the parting weights
+        centre = float(maps[policy.name][FLAGS.grid // 2,
+                                         FLAGS.grid // 2])
         finer = run_eps is not None and bool(
             jnp.finfo(policy.compute_dtype).eps < run_eps)
         note = centre_note(policy.name, centre, run_precision, hit_here,
@@ -226,8 +234,8 @@ def main(argv: Sequence[str]) -> None:
       print(line, flush=True)
     out_dir.save_npz('zero_map.npz', 0, axis=axis, **maps)
     out_dir.write_json('summary.json', {
-        'run': _RUN.value, 'neuron': neuron, 'parting': parting,
-        'radius': _RADIUS.value, 'grid': _GRID.value, 'seed': _SEED.value,
+        'run': FLAGS.run, 'neuron': neuron, 'parting': parting,
+        'radius': FLAGS.radius, 'grid': FLAGS.grid, 'seed': FLAGS.seed,
         'maps': stats})
     plot(os.path.join(out, 'zero_map.png'), axis, maps, neuron,
          summary.get('parting_iteration'))
@@ -263,6 +271,12 @@ def plot(path: str, axis: np.ndarray, maps: dict[str, np.ndarray],
   plt.close(fig)
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Runs the ``jaxkink-zero-map`` command."""
+  define_flags()
   define_checks()
-  app.run(main)
+  cli.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()

@@ -22,7 +22,7 @@ precision's epsilon (``1.4 - 4 * 0.35`` computed in floating point).
 
 Run::
 
-  python experiments/zero_program.py --out=runs/zero_program
+  jaxkink-zero-program --out=runs/zero_program
 
 It prints one table per (program, precision), and writes ``results.json``,
 ``table.md``, ``environment.json`` and ``zero_program.png`` into ``--out``.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
@@ -91,7 +91,7 @@ def zero_derivative(program: str, dtype) -> Callable:
 
 
 def compute_table(program: str, precision: str, ts: Sequence[float],
-                  xs: dict[str, Sequence[float]] = XS) -> dict[str, list[float]]:
+                  xs: Mapping[str, Sequence[float]] = XS) -> dict[str, list[float]]:
   """``{x name: [zero'(t) for t in ts]}`` under the named precision policy."""
   policy = jaxkink.get_policy(precision)
   deriv = zero_derivative(program, policy.compute_dtype)
@@ -203,6 +203,12 @@ def main(argv: Sequence[str]) -> None:
         + (', zero_program.png' if FLAGS.plot_points > 0 else ''))
 
 
-if __name__ == '__main__':
+def run() -> None:
+  """Runs the ``jaxkink-zero-program`` command."""
   define_flags()
   app.run(cli.main(main))
+  cli.run(main, __doc__)
+
+
+if __name__ == '__main__':
+  run()
