@@ -206,8 +206,7 @@ def main(argv: Sequence[str]) -> None:
 def run() -> None:
   """Runs the ``jaxkink-zero-program`` command."""
   define_flags()
-  app.run(cli.main(main))
-  cli.run(main, __doc__)
+  cli.run(cli.main(main), __doc__)
 
 
 if __name__ == '__main__':
