@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -41,8 +42,16 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 def venv(tmp_path_factory) -> pathlib.Path:
   """A fresh venv holding the wheel of the checkout and nothing else."""
   tmp = tmp_path_factory.mktemp('install')
+  # A copy of what the wheel is built from: setuptools builds in the source
+  # tree (build/, *.egg-info), which would leave files in the checkout.
+  src = tmp / 'src'
+  src.mkdir()
+  for f in ('pyproject.toml', 'README.md'):
+    shutil.copy(ROOT / f, src / f)
+  shutil.copytree(ROOT / 'jaxkink', src / 'jaxkink',
+                  ignore=shutil.ignore_patterns('__pycache__'))
   built = _run([sys.executable, '-m', 'pip', 'wheel', '--no-deps', '-q',
-                '-w', str(tmp / 'dist'), str(ROOT)])
+                '-w', str(tmp / 'dist'), str(src)])
   assert built.returncode == 0, built.stderr
   (wheel,) = (tmp / 'dist').glob('jaxkink-*.whl')
   with zipfile.ZipFile(wheel) as z:
