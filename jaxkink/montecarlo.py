@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ __all__ = (
     'KINDS',
     'PairRecord',
     'Progress',
+    'Reporter',
     'engine_settings',
     'kink_pair',
     'load_records',
@@ -446,6 +447,20 @@ def load_records(out: str | rundir.RunDir, num_chunks: int) -> PairRecord:
   return jax.tree.map(lambda *a: np.concatenate(a), *parts)
 
 
+class Reporter(Protocol):
+  """What :func:`run` tells as it goes, for a progress bar or a writer of
+  metrics; its calls do not change the records."""
+
+  def start(self, thetas: int, batches: int,
+            resumed: Sequence[PairRecord]) -> None:
+    """Before the first call: this process's ``thetas`` over ``batches``
+    minibatches, and the records of its chunks found on disk (in chunk
+    order)."""
+
+  def chunk(self, index: int, record: PairRecord) -> None:
+    """After chunk ``index`` was computed and saved."""
+
+
 class Progress:
   """A one-line progress report: thetas done, pairs/s, ETA."""
 
@@ -473,6 +488,7 @@ def _clock(seconds: float) -> str:
 def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
         out: str | rundir.RunDir, *,
         progress: Callable[[str], Any] | None = None,
+        reporter: Reporter | None = None,
         max_calls: int | None = None, wait_timeout: float = 3600.0
         ) -> PairRecord | None:
   """Runs (or resumes) an estimation, saving each chunk in ``out/chunks``.
@@ -495,6 +511,9 @@ def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
       path, opened with :func:`engine_settings` as its settings (a
       directory holding a run of other settings is refused).
     progress: called with a progress line after each call.
+    reporter: told the work of this process and the chunks it resumed,
+      then each chunk as it is computed (a progress bar, a TensorBoard
+      writer: see :class:`Reporter`).
     max_calls: stop after this many program calls (tests, time limits).
     wait_timeout: how long process 0 waits for the other processes' chunks.
 
@@ -510,7 +529,8 @@ def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
     with rundir.RunDir.open(out, engine_settings(engine, x, y, batch_size)
                             ) as run_dir:
       return run(engine, x, y, batch_size, run_dir, progress=progress,
-                 max_calls=max_calls, wait_timeout=wait_timeout)
+                 reporter=reporter, max_calls=max_calls,
+                 wait_timeout=wait_timeout)
   (xs, ys), tail = stack_batches(x, y, batch_size)
   r = xs.shape[0] + (tail is not None)
   pid, nproc = jax.process_index(), jax.process_count()
@@ -526,6 +546,8 @@ def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
   todo = [i for i in mine if i not in records]
   report = Progress(sum(map(size, mine)), r, progress or (lambda s: None),
                     done=sum(size(i) for i in records))
+  if reporter is not None:
+    reporter.start(report.total, r, [records[i] for i in sorted(records)])
   width = len(engine.devices)
   calls = 0
 
@@ -545,6 +567,8 @@ def run(engine: Engine, x: AnyArray, y: AnyArray, batch_size: int,
       for index, record in zip(group, computed):
         out.save_npz(_chunk_name(index), index, **record._asdict())
         records[index] = record
+        if reporter is not None:
+          reporter.chunk(index, record)
       calls += 1
       report.update(sum(len(rec.differs) for rec in computed[:len(group)]))
     return True

@@ -46,6 +46,8 @@ from jaxkink import models
 from jaxkink import montecarlo
 from jaxkink import rundir
 from jaxkink import zones
+from jaxkink.experiments import progress as progress_lib
+from jaxkink.experiments import tensorboard
 from jaxkink.experiments import volume_presets
 
 FLAGS = flags.FLAGS
@@ -128,6 +130,7 @@ def define_flags() -> None:
                     'Thetas of a chunk: vmapped (GPUs) or looped inside the '
                     "program (CPUs); 'auto' picks by backend.")
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
+  tensorboard.define_flag()
   cli.check_policies('precision')
   cli.check_positive(('samples', 'chunk', 'batch_size', 'train_size'))
   cli.check('kinks', parse_kinks, 'see --helpfull')
@@ -307,10 +310,69 @@ def _data_digest(dataset, n: int) -> str:
 _DIGESTS: dict[Any, str] = {}
 
 
+class _Reporter:
+  """The progress of one run (a bar, or log lines) and, with a run path,
+  TensorBoard scalars per chunk: the share of thetas in the zone and of
+  impacted pairs so far (any difference, tau = 0), against thetas done.
+  With several processes each reports its own chunks; only process 0
+  writes TensorBoard files."""
+
+  def __init__(self, name: str, tensorboard_path: str | None):
+    self.name = name
+    self.writer = (tensorboard.Writer(tensorboard_path)
+                   if tensorboard_path and jax.process_index() == 0 else None)
+    self.bar: progress_lib.Bar | None = None
+    self.batches = self.thetas = self.in_zone = self.impacted = 0
+
+  def _count(self, record: montecarlo.PairRecord) -> None:
+    differs = np.asarray(record.differs)
+    self.thetas += differs.shape[0]
+    self.in_zone += int(differs.any(axis=1).sum())
+    self.impacted += int(differs.sum())
+
+  def _postfix(self) -> str:
+    return f'theta in zone {self.in_zone}/{self.thetas}'
+
+  def start(self, thetas: int, batches: int,
+            resumed: Sequence[montecarlo.PairRecord]) -> None:
+    self.batches = batches
+    for record in resumed:
+      self._count(record)
+    self.bar = progress_lib.Bar(thetas * batches, self.name, 'pair',
+                                initial=self.thetas * batches)
+    if resumed:
+      logging.info('[%s] resumed %d of %d thetas from disk (%s)', self.name,
+                   self.thetas, thetas, self._postfix())
+
+  def chunk(self, index: int, record: montecarlo.PairRecord) -> None:
+    del index  # the counts do not depend on the order
+    before = self.thetas
+    self._count(record)
+    assert self.bar is not None
+    self.bar.update((self.thetas - before) * self.batches, self._postfix())
+    if self.writer is not None:
+      self.writer.scalars(self.thetas, {
+          'zone/theta_in_zone': self.in_zone / self.thetas,
+          'zone/impacted_pairs': self.impacted / (self.thetas * self.batches),
+      })
+
+  def __enter__(self) -> _Reporter:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
 def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
-            log=logging.info) -> dict[str, Any]:
+            log=logging.info, write_tensorboard: bool = False
+            ) -> dict[str, Any]:
   """Runs (or resumes) one prepared setting into ``run``; returns its
-  summary (empty on processes other than 0)."""
+  summary (empty on processes other than 0). Progress goes to a bar on a
+  terminal, else to absl INFO lines; ``write_tensorboard``: also
+  TensorBoard scalars per chunk into ``<run>/tensorboard/``."""
   name = os.path.basename(run.path)
   run.write_json('environment.json', rundir.environment())
   run.write_json('data.json', {**prepared.settings['data'],
@@ -320,8 +382,9 @@ def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
       f'{prepared.settings["data"]["num_examples_used"]} {cfg["dataset"]} '
       f'examples, {cfg["kinks"]}, M={cfg["samples"]}')
   t0 = time.perf_counter()
-  records = montecarlo.run(engine, prepared.x, prepared.y, cfg['batch_size'],
-                           run, progress=lambda s: log(f'[{name}] {s}'))
+  with _Reporter(name, run.path if write_tensorboard else None) as reporter:
+    records = montecarlo.run(engine, prepared.x, prepared.y,
+                             cfg['batch_size'], run, reporter=reporter)
   if records is None:  # another process gathers
     return {}
   summary = zones.summarize(records, tau=cfg['tau'],
@@ -851,7 +914,7 @@ def main(argv: Sequence[str]) -> None:
           'preset': FLAGS.preset, 'data_dir': FLAGS.data_dir,
           'data_source': FLAGS.data_source, 'data_order': FLAGS.data_order,
           'runs': [{'label': r.label, **r.flags} for r in runs]})
-    summaries = [run_one(r.flags, p, d)
+    summaries = [run_one(r.flags, p, d, write_tensorboard=FLAGS.tensorboard)
                  for r, p, d in zip(runs, prepared, dirs)]
     if jax.process_index() != 0:
       return
