@@ -38,7 +38,7 @@ def test_erratum_comparison_on_two_devices_and_resume(tmp_path):
   args = (*TINY, '--seeds=2', '--kink_values=0,1', '--compare_legacy',
           '--optimizer=sgd', '--momentum=0.9', '--lr=0.05', f'--out={out}')
   first = _train(*args, devices=2)
-  assert '2 devices' in first.stdout
+  assert '2 devices' in first.stderr  # absl INFO lines
   final = json.loads(first.stdout.splitlines()[-1])['final_test_acc_mean']
   assert list(final) == ['legacy_off', 'legacy_on']
   assert all(list(v) == ['s=0', 's=1'] for v in final.values()), final
@@ -59,7 +59,7 @@ def test_erratum_comparison_on_two_devices_and_resume(tmp_path):
   assert [r['kink_value'] for r in summary['per_kink']] == [0.0, 1.0]
   # Running it again resumes after the last epoch and changes nothing.
   again = _train(*args, devices=2)
-  assert 'resuming after epoch 2' in again.stdout
+  assert 'resuming after epoch 2' in again.stderr
   assert json.load(open(os.path.join(out, 'legacy_off', 'summary.json'))) == (
       summary)
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 from typing import Any, Mapping
 
 from absl import flags
 
 from jaxkink import cli
 
-__all__ = ('DIRECTORY', 'INSTALL_HINT', 'Writer', 'available', 'define_flag')
+__all__ = ('DIRECTORY', 'INSTALL_HINT', 'Writer', 'available', 'define_flag',
+           'tag')
 
 # The directory of the event files, inside the run directory.
 DIRECTORY = 'tensorboard'
@@ -43,6 +45,12 @@ def define_flag(flag_values: flags.FlagValues = flags.FLAGS) -> None:
             flag_values=flag_values)
 
 
+def tag(name: str) -> str:
+  """``name`` as a TensorBoard tag: ``'test_acc/seed0_s=1'`` ->
+  ``'test_acc/seed0_s_1'`` (TensorBoard's tags hold ``[-/\\w.]`` only)."""
+  return re.sub(r'[^-/\w.]', '_', name)
+
+
 class Writer:
   """Scalars into ``<run_path>/tensorboard/``, flushed after each step.
 
@@ -59,10 +67,12 @@ class Writer:
     self._writer = tensorboardX.SummaryWriter(self.logdir)
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
-    """Writes ``{tag: value}`` at ``step``; None values are left out."""
-    for tag, value in values.items():
+    """Writes ``{tag: value}`` at ``step``; None values are left out. A
+    tag's characters other than letters, digits, ``_-/.`` become ``_``
+    (:func:`tag`)."""
+    for name, value in values.items():
       if value is not None:
-        self._writer.add_scalar(tag, float(value), global_step=step)
+        self._writer.add_scalar(tag(name), float(value), global_step=step)
     self._writer.flush()
 
   def close(self) -> None:

@@ -49,6 +49,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import numpy as np
 
@@ -58,6 +59,8 @@ from jaxkink import data
 from jaxkink import models
 from jaxkink import rundir
 from jaxkink import training
+from jaxkink.experiments import progress
+from jaxkink.experiments import tensorboard
 
 FLAGS = flags.FLAGS
 
@@ -91,6 +94,7 @@ def define_flags(flag_values=FLAGS) -> None:
                        flag_values=flag_values)
   flags.DEFINE_string('out', 'runs/train', 'Run directory.',
                       flag_values=flag_values)
+  tensorboard.define_flag(flag_values)
   flags.DEFINE_string('data_dir', None, 'Data directory (default '
                       '$JAXKINK_DATA_DIR; MNIST falls back to the bundled '
                       'sample; with --data_source=tfds: the '
@@ -453,22 +457,71 @@ def prepare(s: dict[str, Any], legacy: bool, train, test,
   return Sweep(model, policy, grid, config, settings, recorded)
 
 
+class _Reporter:
+  """The epochs of one sweep on a bar (or log lines), with the mean test
+  accuracy per kink value; with a run path, TensorBoard scalars per epoch
+  and member: ``<metric>/seed<seed>_<label>`` for the train and test loss
+  and accuracy, and the weight distances to the seed's first kink value."""
+
+  METRICS = ('train_loss', 'train_acc', 'test_loss', 'test_acc',
+             'l1_to_first_kink', 'l2_to_first_kink')
+
+  def __init__(self, name: str, grid: training.Grid,
+               tensorboard_path: str | None):
+    self.name, self.grid = name, grid
+    self.tags = [f'seed{m["seed"]}_{m["label"]}'
+                 for m in training.member_table(grid)]
+    self.writer = (tensorboard.Writer(tensorboard_path)
+                   if tensorboard_path else None)
+    self.bar: progress.Bar | None = None
+
+  def start(self, epochs: int, resumed: Sequence[dict[str, Any]]) -> None:
+    self.bar = progress.Bar(epochs, self.name, 'epoch', initial=len(resumed))
+
+  def epoch(self, record: dict[str, Any]) -> None:
+    acc = np.asarray(record['test_acc']).reshape(self.grid.num_seeds, -1)
+    postfix = 'test acc ' + ', '.join(
+        f'{label} {100 * acc[:, k].mean():.2f}%'
+        for k, label in enumerate(self.grid.labels))
+    assert self.bar is not None
+    self.bar.set(record['epoch'], postfix)
+    if self.writer is not None:
+      self.writer.scalars(record['epoch'], {
+          f'{metric}/{tag}': value
+          for metric in self.METRICS
+          for tag, value in zip(self.tags, record[metric])})
+
+  def __enter__(self) -> _Reporter:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    if self.writer is not None:
+      self.writer.close()
+
+
 def run_one(run: rundir.RunDir, sweep: Sweep, train, test,
-            data_desc) -> dict[str, Any]:
-  """Trains one prepared sweep into ``run``; returns its summary."""
+            data_desc, tensorboard_dir: bool = False) -> dict[str, Any]:
+  """Trains one prepared sweep into ``run``; returns its summary.
+  ``tensorboard_dir``: also write TensorBoard scalars into
+  ``<run>/tensorboard/``."""
   s, policy, grid = sweep.recorded, sweep.policy, sweep.grid
   legacy = s['legacy_relu_grad']
   run.write_json('flags.json', s)
   run.write_json('environment.json', rundir.environment())
   run.write_json('policy.json', policy.to_dict())
   run.write_json('data.json', data_desc)
-  print(f'{run.path}: {s["model"]} on {data_desc["name"]}, {grid.members} '
-        f'members ({grid.num_seeds} seeds x {grid.num_kinks} kink values), '
-        f'legacy_relu_grad={legacy}; precision {policy}', flush=True)
-  with policy.scope():
+  logging.info('%s: %s on %s, %d members (%d seeds x %d kink values), '
+               'legacy_relu_grad=%s; precision %s', run.path, s['model'],
+               data_desc['name'], grid.members, grid.num_seeds,
+               grid.num_kinks, legacy, policy)
+  with policy.scope(), _Reporter(os.path.basename(run.path) or run.path,
+                                 grid, run.path if tensorboard_dir else None
+                                 ) as reporter:
     result = training.run_sweep(sweep.model, policy, grid, sweep.config,
-                                train, test, out=run,
-                                log=lambda m: print(m, flush=True))
+                                train, test, out=run, log=logging.info,
+                                reporter=reporter)
   members = training.member_table(grid)
   summary = summarise(result['history'], members)
   run.write_json('summary.json', summary)
@@ -509,9 +562,9 @@ def main(argv: Sequence[str]) -> None:
                                       FLAGS.train_examples,
                                       FLAGS.test_examples,
                                       FLAGS.data_source, FLAGS.data_order)
-  print(f'{jax.device_count()} devices ({jax.devices()[0].device_kind}); '
-        'the member axis is sharded over them when they divide it',
-        flush=True)
+  logging.info('%d devices (%s); the member axis is sharded over them when '
+               'they divide it', jax.device_count(),
+               jax.devices()[0].device_kind)
   out = FLAGS.out
   if FLAGS.compare_legacy:
     sweeps = {name: prepare(s, legacy, train, test, norm)
@@ -534,7 +587,8 @@ def main(argv: Sequence[str]) -> None:
     for name, sweep in sweeps.items():
       run = stack.enter_context(rundir.RunDir.open(paths[name],
                                                    sweep.settings))
-      summaries[name] = run_one(run, sweep, train, test, desc)
+      summaries[name] = run_one(run, sweep, train, test, desc,
+                                tensorboard_dir=FLAGS.tensorboard)
     if top is not None:
       top_dir.write_json('erratum.json', summaries)
       plot_erratum(top_dir.file('erratum.png'), {

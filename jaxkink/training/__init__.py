@@ -27,6 +27,7 @@ from jaxkink.training.core import make_optimizer
 from jaxkink.training.core import make_train_epoch
 from jaxkink.training.core import make_train_step
 from jaxkink.training.core import weight_distances
+from jaxkink.training.loop import EpochReporter
 from jaxkink.training.loop import SweepConfig
 from jaxkink.training.loop import member_table
 from jaxkink.training.loop import run_sweep
@@ -37,6 +38,7 @@ from jaxkink.training.presets import Preset
 from jaxkink.training.presets import get_preset
 
 __all__ = (
+    'EpochReporter',
     'Grid',
     'OPTIMIZERS',
     'OptimizerConfig',

@@ -6,7 +6,7 @@ import dataclasses
 import functools
 import os
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 import flax.linen as nn
 import jax
@@ -75,13 +75,25 @@ def shard_members(tree: PyTree, members: int) -> PyTree:
                                else rep), tree)
 
 
+class EpochReporter(Protocol):
+  """What :func:`run_sweep` tells as it goes; its calls change no number."""
+
+  def start(self, epochs: int, resumed: Sequence[dict[str, Any]]) -> None:
+    """Before the first epoch: the epochs of the sweep, and the records
+    of those resumed from a checkpoint."""
+
+  def epoch(self, record: dict[str, Any]) -> None:
+    """After each epoch, with its record (one entry of the history)."""
+
+
 def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
               config: SweepConfig, train: tuple[np.ndarray, np.ndarray],
               test: tuple[np.ndarray, np.ndarray], *,
               out: str | rundir.RunDir | None = None,
               params: Sequence[tuple[PyTree, PyTree]] | None = None,
               stop_after: int | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print,
+              reporter: EpochReporter | None = None) -> dict[str, Any]:
   """Trains every member of ``grid`` for ``config.epochs`` epochs.
 
   After every epoch the metrics of every member are written to
@@ -106,6 +118,8 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     params: optional initial ``(params, batch_stats)`` per seed.
     stop_after: stop after this epoch (simulates an interruption).
     log: where progress lines go.
+    reporter: told the epochs and the history resumed from a checkpoint,
+      then each epoch's record (a progress bar, a TensorBoard writer).
 
   Returns:
     ``{'history': [per-epoch metrics], 'state': final TrainState}``; each
@@ -117,7 +131,7 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     with rundir.RunDir.open(out, settings) as run_dir:
       return run_sweep(model, policy, grid, config, train, test,
                        out=run_dir, params=params, stop_after=stop_after,
-                       log=log)
+                       log=log, reporter=reporter)
   images, labels = np.asarray(train[0]), np.asarray(train[1])
   steps = len(labels) // config.batch_size
   if steps == 0:
@@ -158,6 +172,8 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
       history = meta['history']
       log(f'resuming after epoch {start}')
 
+  if reporter is not None:
+    reporter.start(config.epochs, history)
   for epoch in range(start, config.epochs):
     t0 = time.perf_counter()
     order = core.epoch_order(grid, len(labels), config.batch_size, epoch)
@@ -189,6 +205,8 @@ def run_sweep(model: nn.Module, policy: Policy, grid: core.Grid,
     newly = np.flatnonzero(diverged & ~was_diverged)
     log(_progress(record, grid, config.epochs, newly)
         + (' (this epoch includes compilation)' if epoch == start else ''))
+    if reporter is not None:
+      reporter.epoch(record)
     if out is not None:
       out.write_json(METRICS, {'members': member_table(grid),
                                'history': history})
