@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -47,6 +47,7 @@ from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import rundir
+from jaxkink.experiments import progress
 
 FLAGS = flags.FLAGS
 
@@ -146,10 +147,10 @@ def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
     return None
   if run.latest_checkpoint(fits) is not None:
     start, params, records = restored[-1]
-    print(f'  seed {seed}: resuming at step {start}', flush=True)
+    logging.info('seed %d: resuming at step %d', seed, start)
   chunks = {k: [v] for k, v in records.items()}
   parting = _parting(records)
-  t0, done = time.time(), start
+  bar = progress.Bar(steps, f'seed {seed}', 'step', initial=start)
   for k in range(start, steps):
     batch = order[k]
     x, y = images[batch], labels[batch]
@@ -167,11 +168,9 @@ def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
       records = {key: np.concatenate(v) for key, v in chunks.items()}
       chunks = {key: [v] for key, v in records.items()}
       run.save_checkpoint(done, **_checkpoint_arrays(done, params, records))
-      rate = (done - start) / (time.time() - t0)
-      print(f'  seed {seed}: step {done}/{steps}, {rate:.1f} steps/s, ETA '
-            f'{(steps - done) / rate:.0f} s, |theta_s0 - theta_s1|_1 = '
-            f'{records["l1_to_first"][-1, 1]:.3g}, control '
-            f'{records["l1_to_first"][-1, 2]:.3g}', flush=True)
+    bar.update(1, f'|theta_s0 - theta_s1|_1 = {rec["l1_to_first"][1]:.3g}, '
+                  f'control {rec["l1_to_first"][2]:.3g}')
+  bar.close()
   records = {key: np.concatenate(v) for key, v in chunks.items()}
   run.save_npz('records.npz', steps, **records)
   summary = _summarise(records, seed=seed, lr=lr, order=order)
@@ -347,8 +346,8 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.batch_size > len(ds):
     raise app.UsageError(f'--batch_size={FLAGS.batch_size} exceeds the '
                          f'{len(ds)} training examples')
-  print(f'MNIST train: {len(ds)} examples from {ds.source}')
-  print(f'precision policy: {policy}')
+  logging.info('MNIST train: %d examples from %s', len(ds), ds.source)
+  logging.info('precision policy: %s', policy)
   images = data.preprocess(jnp.asarray(ds.images), 'mnist', normalize=False,
                            flatten=True, dtype=policy.input_dtype)
   labels = jnp.asarray(ds.labels)
