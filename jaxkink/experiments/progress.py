@@ -89,8 +89,10 @@ class Bar:
     left = (self.total - self.n) / rate if rate > 0 else float('inf')
     eta = clock(left) if left != float('inf') else '?'
     pct = 100 * self.n / self.total if self.total else 100.0
+    speed = (f'{rate:,.1f} {self.unit}s/s' if rate >= 1 or rate == 0 else
+             f'{1 / rate:,.1f} s/{self.unit}')
     text = (f'{self.desc}: {self.n:,}/{self.total:,} {self.unit}s '
-            f'({pct:.0f}%), {rate:,.1f} {self.unit}s/s, ETA {eta}')
+            f'({pct:.0f}%), {speed}, ETA {eta}')
     return f'{text}, {self.postfix}' if self.postfix else text
 
   def close(self) -> None:
