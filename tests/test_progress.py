@@ -40,6 +40,14 @@ def _script(name):
   return [sys.executable, os.path.join(ROOT, 'experiments', f'{name}.py')]
 
 
+def _run(name, *args) -> subprocess.CompletedProcess:
+  """Runs ``experiments/<name>.py`` with pipes; it must succeed."""
+  proc = subprocess.run(_script(name) + list(args), capture_output=True,
+                        text=True, env=_env(), timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  return proc
+
+
 def _on_a_terminal(cmd, columns=100) -> tuple[int, str]:
   """Runs ``cmd`` with stderr on a pseudo-terminal ``columns`` wide."""
   leader, follower = pty.openpty()
@@ -96,11 +104,7 @@ def test_train_draws_a_bar_on_a_terminal(tmp_path):
 
 
 def test_without_a_terminal_progress_is_log_lines(tmp_path):
-  proc = subprocess.run(_script('train') + [*TRAIN,
-                                            f'--out={tmp_path / "run"}'],
-                        capture_output=True, text=True, env=_env(),
-                        timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  proc = _run('train', *TRAIN, f'--out={tmp_path / "run"}')
   assert '\r' not in proc.stderr
   assert 'run: 2/2 epochs (100%)' in proc.stderr, proc.stderr[-2000:]
   # stdout holds the result only: its last line is the final JSON.
@@ -124,11 +128,7 @@ def test_train_tensorboard_scalars_are_the_metrics(tmp_path):
   pytest.importorskip('tensorboardX', reason="tensorboardX is not installed "
                       "(pip install -e '.[tensorboard]')")
   out = tmp_path / 'run'
-  proc = subprocess.run(_script('train') + [*TRAIN, f'--out={out}',
-                                            '--tensorboard'],
-                        capture_output=True, text=True, env=_env(),
-                        timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  _run('train', *TRAIN, f'--out={out}', '--tensorboard')
   scalars = _scalars(out / 'tensorboard')
   metrics = json.loads((out / 'metrics.json').read_text())
   members = [f'seed{m["seed"]}_{m["label"]}' for m in metrics['members']]
@@ -149,11 +149,7 @@ def test_volume_tensorboard_zone_so_far_is_the_records(tmp_path):
   pytest.importorskip('tensorboardX', reason="tensorboardX is not installed "
                       "(pip install -e '.[tensorboard]')")
   out = tmp_path / 'vol'
-  proc = subprocess.run(_script('volume') + [*VOLUME, f'--out={out}',
-                                             '--tensorboard'],
-                        capture_output=True, text=True, env=_env(),
-                        timeout=300, check=False)
-  assert proc.returncode == 0, proc.stderr[-2000:]
+  proc = _run('volume', *VOLUME, f'--out={out}', '--tensorboard')
   run = out / 'float16'
   records = montecarlo.load_records(str(run), 3)
   differs = np.asarray(records.differs)  # (6 thetas, 2 minibatches)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from absl import logging
 import tqdm
 
-__all__ = ('Bar', 'clock')
+__all__ = ('Bar', 'Reporting', 'clock')
+
+_R = TypeVar('_R', bound='Reporting')
 
 
 def clock(seconds: float) -> str:
@@ -104,3 +106,22 @@ class Bar:
 
   def __exit__(self, *exc: Any) -> None:
     self.close()
+
+
+class Reporting:
+  """Base of the commands' reporters: a :class:`Bar` made when the work is
+  known (``bar``) and an optional metrics ``writer``; both are closed at
+  the end of the ``with`` block."""
+
+  def __init__(self, writer: Any = None):
+    self.writer = writer
+    self.bar: Bar | None = None
+
+  def __enter__(self: _R) -> _R:
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    if self.bar is not None:
+      self.bar.close()
+    if self.writer is not None:
+      self.writer.close()

@@ -457,7 +457,7 @@ def prepare(s: dict[str, Any], legacy: bool, train, test,
   return Sweep(model, policy, grid, config, settings, recorded)
 
 
-class _Reporter:
+class _Reporter(progress.Reporting):
   """The epochs of one sweep on a bar (or log lines), with the mean test
   accuracy per kink value; with a run path, TensorBoard scalars per epoch
   and member: ``<metric>/seed<seed>_<label>`` for the train and test loss
@@ -468,12 +468,11 @@ class _Reporter:
 
   def __init__(self, name: str, grid: training.Grid,
                tensorboard_path: str | None):
+    super().__init__(tensorboard.Writer(tensorboard_path)
+                     if tensorboard_path else None)
     self.name, self.grid = name, grid
     self.tags = [f'seed{m["seed"]}_{m["label"]}'
                  for m in training.member_table(grid)]
-    self.writer = (tensorboard.Writer(tensorboard_path)
-                   if tensorboard_path else None)
-    self.bar: progress.Bar | None = None
 
   def start(self, epochs: int, resumed: Sequence[dict[str, Any]]) -> None:
     self.bar = progress.Bar(epochs, self.name, 'epoch', initial=len(resumed))
@@ -490,15 +489,6 @@ class _Reporter:
           f'{metric}/{tag}': value
           for metric in self.METRICS
           for tag, value in zip(self.tags, record[metric])})
-
-  def __enter__(self) -> _Reporter:
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    if self.bar is not None:
-      self.bar.close()
-    if self.writer is not None:
-      self.writer.close()
 
 
 def run_one(run: rundir.RunDir, sweep: Sweep, train, test,

@@ -310,7 +310,7 @@ def _data_digest(dataset, n: int) -> str:
 _DIGESTS: dict[Any, str] = {}
 
 
-class _Reporter:
+class _Reporter(progress_lib.Reporting):
   """The progress of one run (a bar, or log lines) and, with a run path,
   TensorBoard scalars per chunk: the share of thetas in the zone and of
   impacted pairs so far (any difference, tau = 0), against thetas done.
@@ -318,10 +318,10 @@ class _Reporter:
   writes TensorBoard files."""
 
   def __init__(self, name: str, tensorboard_path: str | None):
+    super().__init__(tensorboard.Writer(tensorboard_path)
+                     if tensorboard_path and jax.process_index() == 0
+                     else None)
     self.name = name
-    self.writer = (tensorboard.Writer(tensorboard_path)
-                   if tensorboard_path and jax.process_index() == 0 else None)
-    self.bar: progress_lib.Bar | None = None
     self.batches = self.thetas = self.in_zone = self.impacted = 0
 
   def _count(self, record: montecarlo.PairRecord) -> None:
@@ -355,15 +355,6 @@ class _Reporter:
           'zone/theta_in_zone': self.in_zone / self.thetas,
           'zone/impacted_pairs': self.impacted / (self.thetas * self.batches),
       })
-
-  def __enter__(self) -> _Reporter:
-    return self
-
-  def __exit__(self, *exc: Any) -> None:
-    if self.bar is not None:
-      self.bar.close()
-    if self.writer is not None:
-      self.writer.close()
 
 
 def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
