@@ -33,11 +33,12 @@ from jaxkink.rundir import RefusedError
 # process holds it): 2, as for a usage error of a command-line tool.
 EXIT_REFUSED = 2
 
-__all__ = ('EXIT_REFUSED', 'RefusedError', 'UsageValueError', 'check',
-           'check_choice', 'check_output_dir', 'define_data_flags', 'check_output_file',
-           'check_policies', 'check_positive', 'check_together', 'fail',
-           'finite_float', 'finite_floats', 'main', 'positive_ints',
-           'quiet_backend_probing', 'run')
+__all__ = ('DEVICE_COUNT_XLA_FLAG', 'EXIT_REFUSED', 'RefusedError',
+           'UsageValueError', 'check', 'check_choice', 'check_output_dir',
+           'check_output_file', 'check_policies', 'check_positive',
+           'check_together', 'define_data_flags', 'fail', 'finite_float',
+           'finite_floats', 'host_cores', 'main', 'positive_ints',
+           'quiet_backend_probing', 'run', 'use_host_devices')
 
 # The logger and the start of the INFO message with which JAX reports a
 # backend that failed to start and may fail quietly (jax._src.xla_bridge,
@@ -298,6 +299,54 @@ def main(fn: Callable[[Sequence[str]], Any]) -> Callable[[Sequence[str]],
     except (app.UsageError, UsageValueError, DataError) as e:
       fail(str(e))
   return wrapped
+
+
+# The XLA flag with which a user chooses the CPU device count
+# (:func:`use_host_devices` then leaves it alone).
+DEVICE_COUNT_XLA_FLAG = 'xla_force_host_platform_device_count'
+
+
+def host_cores() -> int:
+  """The cores this process may run on (``taskset`` and cgroup cpusets
+  included), else ``os.cpu_count()``."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+def use_host_devices(count: int | None = None) -> int | None:
+  """Splits the CPU into ``count`` JAX devices (default: one per core of
+  :func:`host_cores`), unless the user chose a count.
+
+  On CPUs the volume engine gives each device its own chunk of thetas
+  (the same program shapes, so the same bits), and on the 2-core machine
+  of BUILD_NOTES.md ("2026-12-02 (d)") two host devices computed 1.5x the
+  pairs per second of one device with XLA's intra-op threads. The count
+  only shapes JAX's CPU client: a GPU or TPU backend is not touched.
+
+  Must run before JAX initialises a backend (before the first array is
+  made); the modules of jaxkink create none when imported. Left alone when
+  ``XLA_FLAGS`` names ``--xla_force_host_platform_device_count``, when
+  ``jax_num_cpu_devices`` is set (``JAX_NUM_CPU_DEVICES`` or in code), and,
+  with a warning, when a backend is already running.
+
+  Returns:
+    The count set, or None where it was left alone.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  if (DEVICE_COUNT_XLA_FLAG in os.environ.get('XLA_FLAGS', '')
+      or jax.config.values['jax_num_cpu_devices'] >= 0):
+    return None
+  count = host_cores() if count is None else count
+  try:
+    jax.config.update('jax_num_cpu_devices', count)
+  except RuntimeError:  # a backend is initialised: its devices stay
+    logging.getLogger(__name__).warning(
+        'JAX is already running; its CPU device count stays as it is (set '
+        'XLA_FLAGS=--%s=N before the start)', DEVICE_COUNT_XLA_FLAG)
+    return None
+  return count
 
 
 def run(fn: Callable[[Sequence[str]], Any], doc: str | None) -> None:

@@ -22,6 +22,12 @@ MNIST sample::
 Flags given on the command line override the preset's values for every run
 of the preset (e.g. ``--samples``); ``--precision`` restricts the preset to
 those precisions.
+
+On CPUs the command splits the machine into one JAX device per core (each
+device computes its own chunk of thetas: 1.5x the pairs per second of one
+device on 2 cores, BUILD_NOTES.md); ``XLA_FLAGS=
+--xla_force_host_platform_device_count=N`` or ``JAX_NUM_CPU_DEVICES=N``
+chooses another count. The records are the same bits whatever the count.
 """
 
 from __future__ import annotations
@@ -130,9 +136,36 @@ def define_flags() -> None:
                     'Thetas of a chunk: vmapped (GPUs) or looped inside the '
                     "program (CPUs); 'auto' picks by backend.")
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
+  flags.DEFINE_bool('distributed', False, 'One process of a multi-process '
+                    'run: jax.distributed.initialize() before any JAX '
+                    'computation. Each process computes every N-th chunk '
+                    'into --out, which must be on a filesystem all the '
+                    'processes share; process 0 gathers and writes the '
+                    'summaries (the same bits as one process). Unset '
+                    '--coordinator_address, --num_processes and '
+                    '--process_id are detected by JAX (SLURM, Open MPI, '
+                    '...).')
+  flags.DEFINE_string('coordinator_address', None, 'With --distributed: '
+                      'host:port of process 0 (default: '
+                      '$JAX_COORDINATOR_ADDRESS, else detected).')
+  flags.DEFINE_integer('num_processes', None, 'With --distributed: the '
+                       'number of processes (default: detected).')
+  flags.DEFINE_integer('process_id', None, 'With --distributed: this '
+                       "process's index, 0 to --num_processes - 1 "
+                       '(default: detected).')
   tensorboard.define_flag()
   cli.check_policies('precision')
-  cli.check_positive(('samples', 'chunk', 'batch_size', 'train_size'))
+  cli.check_positive(('samples', 'chunk', 'batch_size', 'train_size',
+                      'num_processes'))
+  cli.check_together(
+      ('distributed', 'coordinator_address', 'num_processes', 'process_id'),
+      lambda v: v['distributed'] or all(
+          v[k] is None for k in ('coordinator_address', 'num_processes',
+                                 'process_id')),
+      '--coordinator_address, --num_processes and --process_id need '
+      '--distributed')
+  cli.check('process_id', lambda v: v is None or v >= 0,
+            '--process_id must be >= 0')
   cli.check('kinks', parse_kinks, 'see --helpfull')
   cli.check('model', lambda v: models.options(v) is not None,
             'see --helpfull')
@@ -365,9 +398,10 @@ def run_one(cfg: dict[str, Any], prepared: Prepared, run: rundir.RunDir,
   terminal, else to absl INFO lines; ``write_tensorboard``: also
   TensorBoard scalars per chunk into ``<run>/tensorboard/``."""
   name = os.path.basename(run.path)
-  run.write_json('environment.json', rundir.environment())
-  run.write_json('data.json', {**prepared.settings['data'],
-                               **prepared.source})
+  if jax.process_index() == 0:  # one writer of the shared directory
+    run.write_json('environment.json', rundir.environment())
+    run.write_json('data.json', {**prepared.settings['data'],
+                                 **prepared.source})
   engine = prepared.engine
   log(f'[{name}] {engine.policy}; {cfg["model"]} on '
       f'{prepared.settings["data"]["num_examples_used"]} {cfg["dataset"]} '
@@ -881,6 +915,9 @@ def _runs_from_flags() -> tuple[volume_presets.Preset | None, list]:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if FLAGS.distributed:  # before the first JAX computation
+    jax.distributed.initialize(FLAGS.coordinator_address,
+                               FLAGS.num_processes, FLAGS.process_id)
   preset, runs = _runs_from_flags()
   for run in runs:
     jaxkink.get_policy(run.flags['precision'], check=False)  # name check
@@ -929,7 +966,11 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  """Runs the ``jaxkink-volume`` command."""
+  """Runs the ``jaxkink-volume`` command: on CPUs with one JAX device per
+  core unless ``XLA_FLAGS`` or ``JAX_NUM_CPU_DEVICES`` sets the count
+  (:func:`jaxkink.cli.use_host_devices`; the records are the same bits
+  whatever the count)."""
+  cli.use_host_devices()
   define_flags()
   cli.run(main, __doc__)
 
