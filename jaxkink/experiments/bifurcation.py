@@ -23,8 +23,10 @@ Each seed writes ``<out>/seed_<k>/``: ``records.npz`` (per step: distances,
 losses, min |pre-activation| and kink hits per layer and member),
 ``summary.json`` (the parting step and which layer / sample / neuron hit the
 kink), ``parting_params.npz`` (the weights just before the parting update,
-for ``zero_map.py``), ``bifurcation.png``, and a checkpoint from which an
-interrupted run resumes to the same numbers. ``<out>/summary.json`` and
+for ``zero_map.py``), ``parting_weights/`` (the same weights as an orbax
+checkpoint of ``{'params': ...}``; see ``jaxkink.weights``),
+``bifurcation.png``, and a checkpoint from which an interrupted run resumes
+to the same numbers. ``<out>/summary.json`` and
 ``<out>/parting.png`` gather the seeds.
 """
 
@@ -47,6 +49,7 @@ from jaxkink import data
 from jaxkink import lockstep
 from jaxkink import models
 from jaxkink import rundir
+from jaxkink import weights
 from jaxkink.experiments import progress
 
 FLAGS = flags.FLAGS
@@ -161,8 +164,11 @@ def run_seed(seed: int, run: rundir.RunDir, *, images, labels, model, policy,
       chunks.setdefault(key, []).append(v[None])
     if parting is None and rec['l1_to_first'][1] > 0:
       parting = k
+      parting_params = jax.tree.map(lambda a: a[0], before)
       run.save_npz('parting_params.npz', k, step=k, batch=batch,
-                   **named_arrays(jax.tree.map(lambda a: a[0], before)))
+                   **named_arrays(parting_params))
+      # The same weights for orbax users (zero_map reads the .npz).
+      weights.save_tree(run, weights.PARTING, {'params': parting_params})
     done = k + 1
     if done % checkpoint_every == 0 or done == steps:
       records = {key: np.concatenate(v) for key, v in chunks.items()}

@@ -36,7 +36,11 @@ member's seed, divergence), ``summary.json`` (final test accuracy per kink
 value, mean and std over seeds), ``test_accuracy.png`` (test accuracy against
 the kink value, boxes over seeds), ``train_loss.png`` (training loss per
 epoch per kink value, mean and std over seeds), ``weight_distance.png``
-(TMLR Fig. 6's ``||theta_beta - theta_0||_1`` per epoch).
+(TMLR Fig. 6's ``||theta_beta - theta_0||_1`` per epoch), and
+``weights/member_<m>/``: each member's final variables as an orbax
+checkpoint (``orbax.checkpoint.StandardCheckpointer().restore(path)`` gives
+``{'params': ...}``, plus ``'batch_stats'`` with batch norm), with the
+member table in ``weights/members.json`` (see ``jaxkink.weights``).
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from jaxkink import data
 from jaxkink import models
 from jaxkink import rundir
 from jaxkink import training
+from jaxkink import weights
 from jaxkink.experiments import progress
 from jaxkink.experiments import tensorboard
 
@@ -513,6 +518,9 @@ def run_one(run: rundir.RunDir, sweep: Sweep, train, test,
                                 train, test, out=run, log=logging.info,
                                 reporter=reporter)
   members = training.member_table(grid)
+  # The final weights, for orbax users (the .npz checkpoints resume).
+  weights.save_members(run, result['state'], members,
+                       epoch=result['history'][-1]['epoch'])
   summary = summarise(result['history'], members)
   run.write_json('summary.json', summary)
   title = (f'{s["model"]} {data_desc["name"]} {s["optimizer"]} lr {s["lr"]}'
