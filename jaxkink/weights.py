@@ -139,14 +139,28 @@ def _remove_temporaries(directory: str, base: str) -> None:
       shutil.rmtree(os.path.join(directory, n))
 
 
+def _multiprocess(name: str) -> bool:
+  """True (and a warning) in a run of several JAX processes, which these
+  host-side writes do not handle yet."""
+  if jax.process_count() == 1:
+    return False
+  logging.getLogger('absl').warning(
+      'orbax %s not written: runs of %d processes are not handled (the '
+      '.npz checkpoints hold the weights)', name, jax.process_count())
+  return True
+
+
 def save_tree(run: rundir.RunDir, name: str, tree: PyTree) -> bool:
   """Writes ``tree`` (a nest of dicts of arrays) as the orbax checkpoint
   ``run.file(name)``, atomically; one already there is kept when it holds
   the same arrays, else moved into ``corrupt/`` (a warning) and replaced.
 
   Returns:
-    Whether it was written (False: an equal one was kept).
+    Whether it was written (False: an equal one was kept, or a run of
+    several JAX processes, which is not handled: a warning).
   """
+  if _multiprocess(name):
+    return False
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   tree = jax.tree.map(np.asarray, tree)
   final = run.file(name)
@@ -212,6 +226,8 @@ def save_members(run: rundir.RunDir, state: Any,
     members: :func:`jaxkink.training.member_table` of the grid.
     epoch: the epoch the weights are after.
   """
+  if _multiprocess('weights/'):
+    return
   params = jax.tree.map(np.asarray, state.params)
   stats = jax.tree.map(np.asarray, state.batch_stats)
   diverged = np.asarray(state.diverged).tolist()

@@ -10,6 +10,9 @@ names beside them). A fingerprint of the tree structure, shapes and dtypes
 guards against resuming into a different configuration. In a run
 directory (:class:`jaxkink.rundir.RunDir`) checkpoints are also tagged with
 their epoch and the manifest's digest, and the newest two are kept.
+
+The final weights a user restores are also written as orbax checkpoints
+(:mod:`jaxkink.weights`); resuming reads only these ``.npz`` files.
 """
 
 from __future__ import annotations
