@@ -285,8 +285,12 @@ class RunDir:
       warn: where warnings go (default: ``logging.warning``).
       primary: whether this process writes the manifest and holds the lock
         (default: JAX process 0). The other processes of one
-        ``jax.distributed`` run share the directory: they wait for the
-        manifest and check it.
+        ``jax.distributed`` run share the directory (on a filesystem all of
+        them see): they wait for the manifest and check it. With the
+        default and several processes, every process must open the same
+        directories in the same order: each open ends at a barrier of all
+        the processes, so that none writes before process 0 has cleared
+        the temporary files that a killed run left.
       manifest_timeout: how long a non-primary process waits for it.
 
     Raises:
@@ -298,9 +302,15 @@ class RunDir:
     path = os.fspath(path)
     settings = canonical(settings)
     warn = warn or _log_warning
+    barrier = primary is None and jax.process_count() > 1
     if primary is None:
       primary = jax.process_index() == 0
     if not primary:
+      if barrier:
+        manifest = _read_manifest(path)
+        if manifest is not None:  # refuse now, as process 0 will
+          _check_settings(path, manifest, settings)
+        _barrier(settings)
       deadline = time.monotonic() + manifest_timeout
       while (manifest := _read_manifest(path)) is None:
         if time.monotonic() > deadline:
@@ -325,6 +335,8 @@ class RunDir:
       else:
         _check_settings(path, manifest, settings)
         _note_environment(path, manifest, env, warn)
+      if barrier:
+        _barrier(settings)
     except BaseException:
       os.close(fd)
       raise
@@ -496,14 +508,25 @@ def _note_environment(path: str, manifest: dict[str, Any],
 
 def _remove_stale_temporaries(path: str) -> None:
   """Deletes the temporary files of atomic writes that a killed writer left
-  in ``path`` and its record folders (called under the lock, so no writer
-  is alive; sub-directories with a manifest of their own are left alone)."""
+  in ``path`` and its record folders (called under the lock and, in a
+  ``jax.distributed`` run, before the other processes pass the barrier of
+  :meth:`RunDir.open`, so no writer is alive; sub-directories with a
+  manifest of their own are left alone)."""
   for d, subdirs, files in os.walk(path):
     subdirs[:] = [s for s in subdirs
                   if not os.path.exists(os.path.join(d, s, MANIFEST))]
     for f in files:
       if f.startswith(_TMP_PREFIX):
         os.unlink(os.path.join(d, f))
+
+
+def _barrier(settings: Any) -> None:
+  """Waits for every process of a ``jax.distributed`` run to reach the
+  open of the run directory of ``settings`` (an error if they open
+  directories of other settings)."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices(
+      f'jaxkink.rundir.open {settings_digest(settings)}')
 
 
 def _lock(path: str) -> int:
