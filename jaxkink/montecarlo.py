@@ -35,8 +35,10 @@ the thetas, ``lax.scan`` over the minibatches):
 The theta axis is split over the local devices with ``jax.shard_map`` (each
 device computes ``chunk`` thetas, the same shapes as a one-device run, so the
 results are bit-identical), and several processes (``jax.distributed``) each
-take every ``process_count``-th chunk; each finished chunk is written
-atomically to ``<out>/chunks/`` and a re-run skips the chunks already there.
+take every ``process_count``-th chunk (``<out>`` on a filesystem they all
+share; ``jaxkink-volume --distributed``, tests/test_distributed.py: the same
+bits as one process); each finished chunk is written atomically to
+``<out>/chunks/`` and a re-run skips the chunks already there.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 
 __all__ = (
@@ -524,7 +525,6 @@ def _barrier(settings: Any) -> None:
   """Waits for every process of a ``jax.distributed`` run to reach the
   open of the run directory of ``settings`` (an error if they open
   directories of other settings)."""
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   multihost_utils.sync_global_devices(
       f'jaxkink.rundir.open {settings_digest(settings)}')
 
