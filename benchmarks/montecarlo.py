@@ -213,6 +213,24 @@ def forward_rate(xs, ys, chunk: int, calls: int, devices) -> float:
   return calls * width * chunk * xs.shape[0] / (time.perf_counter() - t)
 
 
+def draw_seconds(xs, chunk: int, devices, repeats: int = 5) -> float:
+  """Seconds to draw one call's thetas (``len(devices) x chunk``) as the
+  engine draws them (threefry, PyTorch's initialisers), on one device."""
+  policy = jaxkink.get_policy('float32')
+  model = models.get('mlp', widths=WIDTHS, policy=policy)
+  engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+                     samples=len(devices) * chunk, chunk=chunk,
+                     devices=devices)
+  draw = jax.jit(jax.vmap(lambda k: model.init(k, xs[0, :1], Kinks())))
+  keys = engine.keys(list(range(len(devices))))
+  with policy.scope(), jax.threefry_partitionable(False):
+    jax.block_until_ready(draw(keys))
+    t = time.perf_counter()
+    for _ in range(repeats):
+      jax.block_until_ready(draw(keys))
+  return (time.perf_counter() - t) / repeats
+
+
 class EngineTiming:
   """One engine's calls, timed one by one: chunk indices, seconds, pairs
   and pairs computed (that ran the backward passes) per call."""
@@ -352,6 +370,7 @@ def main(argv: Sequence[str]) -> None:
   peak = matmul_peak()
   bound = gemm_bound(xs, chunk, calls, devices)
   forward = forward_rate(xs, ys, chunk, calls, devices)
+  draw = draw_seconds(xs, chunk, devices)
   loop = 'map' if jax.default_backend() == 'cpu' else 'vmap'
   other = 'vmap' if loop == 'map' else 'map'
   a_timing = EngineTiming(True, loop, chunk, devices)
@@ -391,6 +410,7 @@ def main(argv: Sequence[str]) -> None:
       'gemm_bound_pairs_per_s': bound,
       'gemm_bound_gflops': bound * flops / 1e9,
       'forward_only_pairs_per_s': forward,
+      'draw_seconds_per_call': draw,
       'a_screened_pairs_per_s': a,
       'a_fraction_computed': computed_a,
       'a_unflagged_chunks_pairs_per_s': a_clean,
@@ -443,6 +463,9 @@ def main(argv: Sequence[str]) -> None:
   print(f'forward only/bound = {r["forward_over_bound"]:.2f}; (a)/forward '
         f'only = {r["a_over_forward"]:.2f}')
   print(f'(b)/(c) = {_fmt(r["b_over_c"], ".2f")}   (target >= 2)')
+  per_call = width * chunk * int(xs.shape[0])
+  print(f'theta draws: {draw:.3f} s per call (one device), '
+        f'{100 * draw * a / per_call:.0f}% of a call of (a)')
   print(f'(a)/(b) = {r["a_over_b"]:.2f}; all flagged: screened/unscreened = '
         f'{r["a_flagged_over_b_flagged"]:.2f}; {other}/{loop} screened = '
         f'{r[f"a_{other}_over_a"]:.2f}')
