@@ -1,5 +1,8 @@
 r"""Training throughput: K vmapped members vs one member vs a PyTorch loop.
 
+Also ``batching='separate'`` (K members as one one-member program called K
+times): per member it should run at one member's rate.
+
 For an MLP (MNIST-shaped inputs) and a small VGG (CIFAR-shaped inputs), times
 ``jaxkink.training``'s jitted epoch (a ``lax.scan`` of the grid's step over
 ``--steps`` minibatches of synthetic uint8 images, SGD with momentum and
@@ -120,7 +123,8 @@ def _model(name: str, policy):
       'cifar10')
 
 
-def time_jax(name: str, members: int, shared: bool, policy) -> float:
+def time_jax(name: str, members: int, shared: bool, policy,
+             batching: str = 'vmap') -> float:
   """Images per second per member of a 1 x ``members`` grid."""
   model, shape, dataset = _model(name, policy)
   rng = np.random.default_rng(0)
@@ -130,7 +134,7 @@ def time_jax(name: str, members: int, shared: bool, policy) -> float:
   grid = training.make_grid([0], np.linspace(0, 1, members))
   tx = training.make_optimizer(OPTIMIZER, 0)
   epoch = training.make_train_epoch(model, tx, policy, grid, dataset=dataset,
-                                    shared_batch=shared)
+                                    shared_batch=shared, batching=batching)
   params = training.init_params(model, 0, jnp.zeros((1, *shape),
                                                     policy.input_dtype),
                                 policy)
@@ -210,12 +214,14 @@ def main(argv: Sequence[str]) -> None:
       'backend': jax.default_backend(), 'models': {}}
   for name in _MODELS.value:
     rows = {}
-    for shared in (False, True):
+    variants = [(False, 'vmap'), (True, 'vmap'), (False, 'separate')]
+    for shared, batching in variants:
       for k in sizes:
-        if shared and k == 1:
-          continue
-        rate = time_jax(name, k, shared, policy)
-        key = f'K={k}' + (' shared' if shared else '')
+        if (shared or batching != 'vmap') and k == 1:
+          continue  # K = 1 is the same one-member program
+        rate = time_jax(name, k, shared, policy, batching)
+        key = (f'K={k}' + (' shared' if shared else '')
+               + (f' {batching}' if batching != 'vmap' else ''))
         rows[key] = rate
         print(f'{name} jax {key}: {rate:.0f} images/s per member, '
               f'{rate * k:.0f} total', flush=True)
@@ -225,6 +231,12 @@ def main(argv: Sequence[str]) -> None:
         rows['torch loop'] = rate
         print(f'{name} torch loop: {rate:.0f} images/s', flush=True)
     one = rows['K=1']
+    for k in sizes:
+      if k > 1:
+        print(f'{name} K={k}: separate / vmap = '
+              f'{rows[f"K={k} separate"] / rows[f"K={k}"]:.2f}, separate per '
+              f'member / one member = {rows[f"K={k} separate"] / one:.2f}',
+              flush=True)
     results['models'][name] = {
         'images_per_s_per_member': rows,
         'per_member_ratio_to_one': {k: v / one for k, v in rows.items()},

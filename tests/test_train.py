@@ -53,11 +53,11 @@ def _params(model, seeds, shape=(28, 28, 1)):
 
 def _sweep(model, seeds, kinks, data, *, optimizer=None, epochs=2,
            dataset='mnist', augment=False, params=None, out=None,
-           stop_after=None, pool_betas=(0.0,)):
+           stop_after=None, pool_betas=(0.0,), batching='vmap'):
   grid = training.make_grid(seeds, kinks, pool_betas)
   config = training.SweepConfig(
       dataset=dataset, epochs=epochs, batch_size=BATCH, augment=augment,
-      optimizer=optimizer or SGD)
+      optimizer=optimizer or SGD, batching=batching)
   shape = data[0][0].shape[1:]
   if params is None:
     params = _params(model, seeds, shape)
@@ -134,6 +134,48 @@ def test_vmapped_members_are_separate_trainings_sgd(rng):
                             _member(grid['state'], 2)['Dense_0']['kernel'])
   with pytest.raises(AssertionError, match='ulps apart'):
     _assert_tree_close(_member(grid['state'], 0), _member(grid['state'], 2))
+
+
+@pytest.mark.parametrize('model,kw', [(MLP, {}), (BN_MLP, BN_KW)],
+                         ids=['mlp_sgd', 'bn_dropout_mlp_adam'])
+def test_separate_batching_members_are_lone_trainings_bit_for_bit(rng, model,
+                                                                  kw):
+  """batching='separate': each member of a 2 seeds x 2 kinks grid is the
+  one-member training of its seed and kink, bit for bit (parameters, batch
+  statistics, every metric of every epoch): the same one-member program."""
+  data = _data(rng)
+
+  def params(seed):
+    # Kink hits: a first-layer unit with zero weights and bias has the
+    # pre-activation 0 on every example at the first step, so in MLP
+    # ReLU'(0) = 0 and 1 train differently.
+    (p, stats), = _params(model, [seed])
+    dense = p['Dense_0']
+    p = {**p, 'Dense_0': {'kernel': dense['kernel'].at[:, 0].set(0),
+                          'bias': dense['bias'].at[0].set(0)}}
+    return [(p, stats)]
+  grid = _sweep(model, [0, 1], [0.0, 1.0], data, batching='separate',
+                params=params(0) + params(1), **kw)
+  for m, (seed, s) in enumerate([(0, 0.0), (0, 1.0), (1, 0.0), (1, 1.0)]):
+    alone = _sweep(model, [seed], [s], data, params=params(seed), **kw)
+    _assert_tree_bits_equal(_member(grid['state'], m),
+                            _member(alone['state'], 0))
+    _assert_tree_bits_equal(
+        jax.tree.map(lambda a: a[m], grid['state'].batch_stats),
+        jax.tree.map(lambda a: a[0], alone['state'].batch_stats))
+    for h, a in zip(grid['history'], alone['history'], strict=True):
+      for key in ('train_loss', 'train_acc', 'test_loss', 'test_acc',
+                  'diverged'):
+        assert h[key][m] == a[key][0], (m, key, h['epoch'])
+  # Each member got its own kink value and seed.
+  differ = lambda m, n: any(
+      not np.array_equal(a, b) for a, b in zip(
+          jax.tree.leaves(_member(grid['state'], m)),
+          jax.tree.leaves(_member(grid['state'], n))))
+  assert differ(0, 2) and differ(1, 3)
+  if model is MLP:  # (the planted hits do not reach BN_MLP's weights)
+    assert differ(0, 1) and differ(2, 3)
+  assert int(grid['state'].step) == int(alone['state'].step)
 
 
 def test_adam_members_vs_separate_trainings(rng):

@@ -161,9 +161,13 @@ def define_flags(flag_values=FLAGS) -> None:
                        'minibatch unbatched (faster; see '
                        'jaxkink.training.make_train_step).',
                        flag_values=flag_values)
-  flags.DEFINE_enum('batching', 'vmap', ['vmap', 'unroll'], "'unroll': "
-                    'one copy of the step per member in the program (plain '
-                    'convolutions; long compiles).', flag_values=flag_values)
+  flags.DEFINE_enum('batching', 'vmap', ['vmap', 'unroll', 'separate'],
+                    "How the members run: 'vmap' (one batched program), "
+                    "'unroll' (one copy of the step per member in the "
+                    "program; long compiles), 'separate' (one one-member "
+                    'program called per member: each member bit for bit a '
+                    'one-member training; the fast choice on CPUs for '
+                    'convnets).', flag_values=flag_values)
   flags.DEFINE_integer('train_examples', None, 'Use only the first N '
                        'training examples.', flag_values=flag_values)
   flags.DEFINE_integer('test_examples', None, 'Evaluate on the first N test '

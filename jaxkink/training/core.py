@@ -36,7 +36,7 @@ from jaxkink.typing import AnyArray, Array, PyTree
 
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('constant', 'cosine')
-BATCHINGS = ('vmap', 'unroll')
+BATCHINGS = ('vmap', 'unroll', 'separate')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +367,9 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation,
   if batching not in BATCHINGS:
     raise ValueError(f'unknown batching {batching!r}; valid: '
                      f'{", ".join(BATCHINGS)}')
+  if batching == 'separate' and grid.members > 1:
+    raise ValueError("batching='separate' runs one-member steps: see "
+                     'make_train_epoch')
   member_step = make_member_step(model, tx, policy)
   prepare = make_batch_fn(dataset, policy, augment=augment)
   s, k = grid.num_seeds, grid.num_kinks
@@ -420,13 +423,24 @@ def make_train_epoch(model: nn.Module, tx: optax.GradientTransformation,
   ``loss`` and ``correct`` are ``(steps, members)``. Each step gathers its
   minibatches on the device inside the jitted step; dispatch is
   asynchronous, so the host only waits at the end of the epoch.
-  ``shared_batch``, ``batching``: see :func:`make_train_step`.
+  ``shared_batch``, ``batching``: see :func:`make_train_step`;
+  ``batching='separate'`` runs instead a one-member epoch (one program,
+  compiled once) for each member in turn: every member then computes
+  exactly what a one-member grid computes, and no product or convolution
+  is batched over members (on CPUs, where XLA's batched convolutions are
+  grouped convolutions, the fastest choice: ``BUILD_NOTES.md``, issue 15).
 
   A Python loop rather than ``lax.scan``: measured on the CPU (jax 0.10.2),
   a scanned epoch of a small VGG ran 7 to 14 times slower than the same
   step called in a loop (the MLP: 10% slower), as XLA's CPU backend
   compiles convolutions inside a while loop less well.
   """
+  if batching == 'separate' and grid.members > 1:
+    if shared_batch:
+      raise ValueError("shared_batch is an option of batching='vmap'")
+    return _separate(make_train_epoch(model, tx, policy, _ONE_MEMBER,
+                                      dataset=dataset, augment=augment),
+                     grid)
   step = make_train_step(model, tx, policy, grid, dataset=dataset,
                          augment=augment, shared_batch=shared_batch,
                          batching=batching)
@@ -473,6 +487,48 @@ def augment_keys(grid: Grid) -> Array:
       jax.random.key(s), _AUGMENT)) for s in grid.seeds])
 
 
+# The shape of a one-member grid (the programs depend on nothing else of
+# it; a None in place of the Kinks fails if used).
+_NO_KINKS: Any = None
+_ONE_MEMBER = Grid((0,), _NO_KINKS, ('',), ({},))
+
+
+def _member_state(state: TrainState, m: int) -> TrainState:
+  """Member ``m`` of ``state`` as a one-member state."""
+  take = lambda tree: jax.tree.map(lambda a: a[m:m + 1], tree)
+  return TrainState(take(state.params), take(state.opt_state),
+                    take(state.batch_stats), take(state.dropout_key),
+                    take(state.diverged), take(state.diverged_step),
+                    state.step)
+
+
+def _separate(one: Callable, grid: Grid) -> Callable:
+  """``batching='separate'``: the grid's epoch as one one-member program
+  (``one``, compiled once) called for each member in turn, each on its own
+  seed's minibatches and augmentation stream, so every member computes
+  exactly what a one-member grid computes."""
+  k = grid.num_kinks
+
+  def epoch(state, kinks, images, labels, order, aug_keys):
+    states, losses, corrects = [], [], []
+    for m in range(grid.members):
+      si, ki = divmod(m, k)
+      st, loss, correct = one(
+          _member_state(state, m),
+          jax.tree.map(lambda a: a[ki:ki + 1], kinks), images, labels,
+          order[si:si + 1], aug_keys[si:si + 1])
+      states.append(st)
+      losses.append(loss)
+      corrects.append(correct)
+    cat = lambda *a: jnp.concatenate(a)
+    merged = jax.tree.map(cat, *[dataclasses.replace(st, step=None)
+                                 for st in states])
+    return (dataclasses.replace(merged, step=states[-1].step),
+            jnp.concatenate(losses, axis=1), jnp.concatenate(corrects, axis=1))
+
+  return epoch
+
+
 def make_eval(model: nn.Module, policy: Policy, grid: Grid, *,
               dataset: str, batching: str = 'vmap') -> Callable:
   """A jitted evaluation: ``evaluate(state, kinks, images, labels, mask)``.
@@ -484,6 +540,17 @@ def make_eval(model: nn.Module, policy: Policy, grid: Grid, *,
   ``batching='unroll'`` evaluates the kink members of a seed one after the
   other (unbatched convolutions; see :func:`make_train_step`).
   """
+  if batching == 'separate' and grid.members > 1:
+    one = make_eval(model, policy, _ONE_MEMBER, dataset=dataset)
+    k = grid.num_kinks
+
+    def separately(state, kinks, images, labels, mask):
+      outs = [one(_member_state(state, m),
+                  jax.tree.map(lambda a: a[m % k:m % k + 1], kinks),
+                  images, labels, mask) for m in range(grid.members)]
+      return tuple(jnp.concatenate(a) for a in zip(*outs))
+
+    return separately
   s = grid.num_seeds
 
   def member_eval(params, batch_stats, kinks, x, y, mask):

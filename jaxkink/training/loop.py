@@ -35,8 +35,8 @@ class SweepConfig:
     eval_batch_size: batch size of the test evaluation (no effect on the
       numbers beyond summation order).
     shared_batch: see :func:`core.make_train_step`.
-    batching: ``'vmap'`` or ``'unroll'`` (see :func:`core.make_train_step`;
-      ``'unroll'`` for convnets on CPUs).
+    batching: ``'vmap'``, ``'unroll'`` or ``'separate'`` (one one-member
+      program per member in turn; see :func:`core.make_train_epoch`).
   """
   dataset: str
   epochs: int
