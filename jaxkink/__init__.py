@@ -21,6 +21,7 @@ from jaxkink import models
 from jaxkink import montecarlo
 from jaxkink import rundir
 from jaxkink import training
+from jaxkink import weights
 from jaxkink import zones
 from jaxkink.activations import leaky_relu
 from jaxkink.activations import random_kink_relu
@@ -74,5 +75,6 @@ __all__ = (
     'relu6_hits',
     'relu_hits',
     'training',
+    'weights',
     'zones',
 )

@@ -526,7 +526,7 @@ def _barrier(settings: Any) -> None:
   open of the run directory of ``settings`` (an error if they open
   directories of other settings)."""
   multihost_utils.sync_global_devices(
-      f'jaxkink.rundir.open {settings_digest(settings)}')
+      f'RunDir.open {settings_digest(settings)}')
 
 
 def _lock(path: str) -> int:

@@ -6,11 +6,11 @@ run directory holds its final weights in the format of the flax ecosystem,
 so that they can be restored without jaxkink::
 
   import orbax.checkpoint as ocp
-  w = ocp.StandardCheckpointer().restore('<out>/weights/member_3')
+  w = ocp.StandardCheckpointer().restore('/abs/path/<out>/weights/member_3')
   logits = model.apply({'params': w['params']}, x, jaxkink.Kinks())
 
-(with ``'batch_stats': w['batch_stats']`` too where the model has batch
-norm). Layout:
+(orbax takes absolute paths only; with ``'batch_stats': w['batch_stats']``
+too where the model has batch norm). Layout:
 
 - ``jaxkink-train``: ``<out>/weights/member_<m>/`` per member ``m`` (the
   index of ``metrics.json``'s member table, seed-major), each one orbax

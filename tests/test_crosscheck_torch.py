@@ -129,16 +129,25 @@ def test_first_layer_parts_and_why(crosscheck, case):
 
 
 def test_hidden_layer_same_bias_rule(crosscheck, case):
-  """K = 256 (the layers behind the first): the same rule; XLA's order
-  reformulated gives PyTorch's bits."""
+  """K = 256 (the layers behind the first): where PyTorch adds the bias
+  first, XLA's order reformulated gives PyTorch's bits; where it adds it
+  last (it depends on the BLAS kernel), both libraries agree bit for bit."""
   x, w0, b0 = case
   h = torch_linear(x, w0, b0)  # the reference net: no ReLU after layer 1
   rng = np.random.default_rng(7)
   w = rng.uniform(-1 / 16, 1 / 16, (256, 256)).astype(np.float32)
   b = rng.uniform(-1 / 16, 1 / 16, 256).astype(np.float32)
   z_xla, z_torch = xla_dense(h, w, b), torch_linear(h, w, b)
-  assert np.mean(z_xla == z_torch) < 0.5
   assert matching_orders(crosscheck, z_xla, h, w, b, 'after')
+  if np.array_equal(z_xla, z_torch):
+    # The BLAS decides: on a Sapphire Rapids Xeon (PyTorch 2.13.0's CPU
+    # build, 2026-12-02) PyTorch adds the bias last at K = 256, as XLA
+    # does, and both give the same bits; on the machine of issue 13's
+    # cross-check (BUILD_NOTES.md) it added it first. The first layer
+    # (K = 784, the test above) adds it first on both.
+    assert matching_orders(crosscheck, z_torch, h, w, b, 'after')
+    return
+  assert np.mean(z_xla == z_torch) < 0.5
   torch_first = matching_orders(crosscheck, z_torch, h, w, b, 'first')
   assert torch_first
   kc = torch_first[0]

@@ -337,6 +337,9 @@ def test_processes_split_the_chunks_and_process_0_gathers(tmp_path,
                              primary=True).close()
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
+  # The two processes run one after the other here, so the barrier of a
+  # real run's RunDir.open (tests/test_distributed.py) cannot be met.
+  monkeypatch.setattr(jaxkink.rundir, '_barrier', lambda settings: None)
   assert mc.run(engine, x, y, 48, out) is None
   assert sorted(os.listdir(os.path.join(out, 'chunks'))) == [
       'chunk_000001.npz']

@@ -5,24 +5,37 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_readme_python_blocks_run(monkeypatch):
+def test_readme_python_blocks_run(monkeypatch, tmp_path):
   with open(os.path.join(ROOT, 'README.md')) as f:
     blocks = re.findall(r'```python\n(.*?)```', f.read(), flags=re.S)
-  assert len(blocks) == 4, 'README: tour, models, data, kinkify blocks expected'
+  assert len(blocks) == 5, ('README: tour, models, data, kinkify, weights '
+                            'blocks expected')
   monkeypatch.chdir(ROOT)  # the data block names ../shared/data
   namespace = {}
-  tour, models, data, kinkify = blocks
+  tour, models, data, kinkify, weights = blocks
   exec(compile(tour, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert float(namespace['grads'][1]) == 0.5
   assert namespace['kinks'].pool_beta == 1.0
   assert namespace['out'].shape == (3, 1, 10)  # Kinks.sweep, vmapped
   exec(compile(models, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   assert namespace['logits'].shape == (1, 10)
+  # The weights block restores a member of a train run: here the models
+  # block's variables, saved where it looks, give back its logits.
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  saved = namespace['logits']
+  monkeypatch.chdir(tmp_path)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(tmp_path / 'runs' / 'train' / 'weights' / 'member_1',
+              {'params': namespace['variables']['params']})
+  exec(compile(weights, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
+  np.testing.assert_array_equal(namespace['logits'], saved)
+  monkeypatch.chdir(ROOT)
   exec(compile(kinkify, 'README.md', 'exec'), namespace)  # pylint: disable=exec-used
   conv = namespace['grads']['params']['Conv_0']['bias']  # every ReLU at 0
   assert not conv[0].any() and conv[1].any()
