@@ -434,3 +434,15 @@ def test_presets_resolve_to_buildable_settings():
       assert s['kink_values'] and s['seeds'] >= 1, name
   assert training.PRESETS['tmlr_vgg11_beta'].settings['pool_betas'] == (
       0.0, 1.0, 10.0, 100.0, 1e3, 1e4)
+
+
+def test_auto_batching_separates_convnets_on_cpus_only():
+  """The measured choice (BUILD_NOTES.md, issue 15 point 4): vmap for an
+  MLP, separate programs for convolutional models on CPUs, vmap elsewhere."""
+  mnist, cifar = jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 32, 32, 3))
+  assert training.auto_batching(MLP, mnist, 'cpu') == 'vmap'
+  assert training.auto_batching(models.get('lenet5'), mnist, 'cpu') == (
+      'separate')
+  assert training.auto_batching(models.get('vgg11'), cifar, 'cpu') == (
+      'separate')
+  assert training.auto_batching(models.get('vgg11'), cifar, 'gpu') == 'vmap'

@@ -161,13 +161,16 @@ def define_flags(flag_values=FLAGS) -> None:
                        'minibatch unbatched (faster; see '
                        'jaxkink.training.make_train_step).',
                        flag_values=flag_values)
-  flags.DEFINE_enum('batching', 'vmap', ['vmap', 'unroll', 'separate'],
+  flags.DEFINE_enum('batching', 'auto',
+                    ['auto', 'vmap', 'unroll', 'separate'],
                     "How the members run: 'vmap' (one batched program), "
                     "'unroll' (one copy of the step per member in the "
                     "program; long compiles), 'separate' (one one-member "
                     'program called per member: each member bit for bit a '
-                    'one-member training; the fast choice on CPUs for '
-                    'convnets).', flag_values=flag_values)
+                    "one-member training); 'auto': what measured fastest "
+                    '(separate for convnets on CPUs, else vmap: '
+                    'jaxkink.training.auto_batching). The choice is '
+                    'recorded in the run settings.', flag_values=flag_values)
   flags.DEFINE_integer('train_examples', None, 'Use only the first N '
                        'training examples.', flag_values=flag_values)
   flags.DEFINE_integer('test_examples', None, 'Evaluate on the first N test '
@@ -442,17 +445,21 @@ def prepare(s: dict[str, Any], legacy: bool, train, test,
   if int(s['batch_size']) > len(train[1]):
     raise cli.UsageValueError(f'--batch_size {s["batch_size"]} exceeds the '
                               f'{len(train[1])} training examples')
+  batching = FLAGS.batching
+  if batching == 'auto':
+    batching = ('vmap' if FLAGS.shared_batch else training.auto_batching(
+        model, train[0][:1]))
   config = training.SweepConfig(
       dataset=norm, epochs=int(s['epochs']), batch_size=int(s['batch_size']),
       optimizer=optimizer, augment=bool(augment),
       eval_batch_size=FLAGS.eval_batch_size, shared_batch=FLAGS.shared_batch,
-      batching=FLAGS.batching)
+      batching=batching)
   recorded = {k: (list(v) if isinstance(v, tuple) else v)
               for k, v in s.items()}
   recorded.update(preset=FLAGS.preset, reduced=FLAGS.reduced,
                   legacy_relu_grad=legacy, augment=bool(augment),
                   seeds_list=list(grid.seeds), labels=list(grid.labels),
-                  shared_batch=FLAGS.shared_batch, batching=FLAGS.batching,
+                  shared_batch=FLAGS.shared_batch, batching=batching,
                   blended_pool_forward=FLAGS.blended_pool_forward,
                   eval_batch_size=FLAGS.eval_batch_size,
                   train_examples=FLAGS.train_examples,

@@ -15,6 +15,7 @@ from jaxkink.training.core import OptimizerConfig
 from jaxkink.training.core import SCHEDULES
 from jaxkink.training.core import TrainState
 from jaxkink.training.core import augment_keys
+from jaxkink.training.core import auto_batching
 from jaxkink.training.core import epoch_order
 from jaxkink.training.core import eval_batches
 from jaxkink.training.core import init_params
@@ -48,6 +49,7 @@ __all__ = (
     'SweepConfig',
     'TrainState',
     'augment_keys',
+    'auto_batching',
     'checkpoint',
     'epoch_order',
     'eval_batches',

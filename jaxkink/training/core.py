@@ -487,6 +487,25 @@ def augment_keys(grid: Grid) -> Array:
       jax.random.key(s), _AUGMENT)) for s in grid.seeds])
 
 
+def auto_batching(model: nn.Module, sample: AnyArray,
+                  backend: str | None = None) -> str:
+  """The member batching that measured fastest for ``model`` on ``backend``
+  (default: JAX's): ``'vmap'`` on accelerators and for models without
+  convolutions, ``'separate'`` for convolutional models on CPUs, where XLA
+  turns a vmapped convolution into a grouped one (BUILD_NOTES.md, issue 15
+  point 4: on 2 cores, 4 members of a small VGG at 0.25x of one member's
+  images/s vmapped and 0.91x separately; an MLP at 1.10x vmapped and 0.97x
+  separately). ``sample``: an input batch (only its shape is read)."""
+  backend = backend or jax.default_backend()
+  if backend != 'cpu':
+    return 'vmap'
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros(sample.shape, jnp.float32), Kinks()))
+  convolutional = any(len(leaf.shape) >= 3
+                      for leaf in jax.tree.leaves(shapes.get('params', {})))
+  return 'separate' if convolutional else 'vmap'
+
+
 # The shape of a one-member grid (the programs depend on nothing else of
 # it; a None in place of the Kinks fails if used).
 _NO_KINKS: Any = None
