@@ -237,7 +237,8 @@ def main(argv: Sequence[str]) -> None:
         # images in K times one member's time: their total rate is one
         # member's. Each variant's total rate against it:
         print(f'{name} K={k}, total images/s over K separate programs\': '
-              + ', '.join(f'{v} {rows[f"K={k}{v}"] * k / one:.2f}'
+              + ', '.join(f'{v.strip() or "vmap"} '
+                          f'{rows[f"K={k}{v}"] * k / one:.2f}'
                           for v in ('', ' shared', ' separate')), flush=True)
     results['models'][name] = {
         'images_per_s_per_member': rows,
