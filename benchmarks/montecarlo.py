@@ -98,6 +98,16 @@ def forward_flops(batch: int = BATCH, widths=WIDTHS, inputs: int = INPUTS
   return 2 * batch * sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
 
 
+def backward_flops(batch: int = BATCH, widths=WIDTHS, inputs: int = INPUTS
+                   ) -> int:
+  """Multiply-adds x 2 of one backward pass: every kernel's gradient, and
+  the input gradient of every layer but the first (the images need
+  none)."""
+  sizes = (inputs,) + tuple(widths)
+  products = [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+  return 2 * batch * (sum(products) + sum(products[1:]))
+
+
 def cpu_model() -> str:
   """The CPU's name as the kernel reports it."""
   try:
@@ -399,6 +409,12 @@ def main(argv: Sequence[str]) -> None:
   load_end = load_average()
 
   flops = forward_flops()
+  # Matrix-product FLOPs per pair: (a) one forward (and the few computed
+  # pairs' two backward passes), (b) one forward and two backward passes,
+  # (c) two forward and two backward passes.
+  back = backward_flops()
+  pair_flops = {'a': flops + computed_a * 2 * back, 'b': flops + 2 * back,
+                'c': 2 * (flops + back)}
   results = {
       'cpu': cpu_model(), 'cores': threads, 'devices': width,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -411,6 +427,10 @@ def main(argv: Sequence[str]) -> None:
       'gemm_bound_gflops': bound * flops / 1e9,
       'forward_only_pairs_per_s': forward,
       'draw_seconds_per_call': draw,
+      'matmul_flops_per_pair': pair_flops,
+      'matmul_gflops': {'a': a * pair_flops['a'] / 1e9,
+                        'b': b * pair_flops['b'] / 1e9,
+                        'c': c and c * pair_flops['c'] / 1e9},
       'a_screened_pairs_per_s': a,
       'a_fraction_computed': computed_a,
       'a_unflagged_chunks_pairs_per_s': a_clean,
@@ -466,6 +486,11 @@ def main(argv: Sequence[str]) -> None:
   per_call = width * chunk * int(xs.shape[0])
   print(f'theta draws: {draw:.3f} s per call (one device), '
         f'{100 * draw * a / per_call:.0f}% of a call of (a)')
+  gf = results['matmul_gflops']
+  print(f'matrix products per pair: (a) {pair_flops["a"] / 1e6:.0f}, (b) '
+        f'{pair_flops["b"] / 1e6:.0f}, (c) {pair_flops["c"] / 1e6:.0f} '
+        f'MFLOP; done at (a) {gf["a"]:.0f}, (b) {gf["b"]:.0f}, (c) '
+        f'{_fmt(gf["c"], ".0f")} GFLOP/s')
   print(f'(a)/(b) = {r["a_over_b"]:.2f}; all flagged: screened/unscreened = '
         f'{r["a_flagged_over_b_flagged"]:.2f}; {other}/{loop} screened = '
         f'{r[f"a_{other}_over_a"]:.2f}')
