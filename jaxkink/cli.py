@@ -321,8 +321,8 @@ def use_host_devices(count: int | None = None) -> int | None:
 
   On CPUs the volume engine gives each device its own chunk of thetas
   (the same program shapes, so the same bits), and on the 2-core machine
-  of BUILD_NOTES.md ("2026-12-02 (d)") two host devices computed 1.5x the
-  pairs per second of one device with XLA's intra-op threads. The count
+  of BUILD_NOTES.md ("2026-12-02 (d)") two host devices computed 1.4-1.5x
+  the pairs per second of one device with XLA's intra-op threads. The count
   only shapes JAX's CPU client: a GPU or TPU backend is not touched.
 
   Must run before JAX initialises a backend (before the first array is

@@ -24,8 +24,8 @@ of the preset (e.g. ``--samples``); ``--precision`` restricts the preset to
 those precisions.
 
 On CPUs the command splits the machine into one JAX device per core (each
-device computes its own chunk of thetas: 1.5x the pairs per second of one
-device on 2 cores, BUILD_NOTES.md); ``XLA_FLAGS=
+device computes its own chunk of thetas: 1.4-1.5x the pairs per second of
+one device on 2 cores, BUILD_NOTES.md); ``XLA_FLAGS=
 --xla_force_host_platform_device_count=N`` or ``JAX_NUM_CPU_DEVICES=N``
 chooses another count. The records are the same bits whatever the count.
 """
