@@ -231,29 +231,31 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     return false, false, zero, zero, zero, jnp.ones(shape, bool)
 
   def theta_record(v, x, y):
-    # One theta, screened on its own: the predicate and the pullbacks come
+    # One theta's forward and backward passes inside the loop over thetas,
+    # so no theta's residuals are stacked with the others'. Screened, the
+    # theta is screened on its own: the predicate and the pullbacks come
     # from the same forward pass, and a theta without a hit skips its
-    # backward passes inside the loop over thetas.
+    # backward passes.
     hits, dist, pullbacks = theta_forward(v[0], v[1], x, y)
-    flagged = jnp.any(hits > 0)
-    out = lax.cond(flagged, compare, skipped, pullbacks)
+    if screen:
+      flagged = jnp.any(hits > 0)
+      out = lax.cond(flagged, compare, skipped, pullbacks)
+    else:
+      flagged = jnp.ones((), bool)
+      out = compare(pullbacks)
     return (*out, hits, dist, flagged)
 
   def batch_records(variables, x, y):
     extra = {k: v for k, v in variables.items() if k != 'params'}
     thetas = (variables['params'], extra)
-    if screen and theta_loop == 'map':
+    if theta_loop == 'map':
       (differs, first, rel, rel_first, l1, finite, hits, dist,
        computed) = lax.map(lambda v: theta_record(v, x, y), thetas)
       return PairRecord(differs, first, rel, rel_first, l1, hits, dist,
                         computed, finite)
-    per_theta = (lambda v: theta_forward(v[0], v[1], x, y))
-    if theta_loop == 'vmap':
-      hits, dist, pullbacks = jax.vmap(per_theta)(thetas)
-      run = jax.vmap(compare)
-    else:
-      hits, dist, pullbacks = lax.map(per_theta, thetas)
-      run = lambda pb: lax.map(compare, pb)
+    hits, dist, pullbacks = jax.vmap(
+        lambda v: theta_forward(v[0], v[1], x, y))(thetas)
+    run = jax.vmap(compare)
     if screen:
       # Batched over thetas, a per-theta condition would become a select
       # that computes both branches: the chunk is screened as a whole.
@@ -329,10 +331,18 @@ class Engine:
     return 'theta' if self.theta_loop == 'map' else 'chunk'
 
   def screen_settings(self) -> dict[str, str]:
-    """The screen's unit for a run's settings, where it is not the chunk
-    that every run had before per-theta screening: runs of the old program
-    are then refused, not mixed (their pairs may round otherwise)."""
-    return {'screen_unit': 'theta'} if self.screen_unit == 'theta' else {}
+    """What changed the program since the first runs, for a run's
+    settings: the screen's unit where it is not the chunk, and
+    ``backward_loop: 'theta'`` for an unscreened ``theta_loop='map'`` run
+    (each theta's backward passes inside the loop over thetas, since
+    2026-12-02; before, all the chunk's forward passes ran first). Runs of
+    the old programs are then refused, not mixed (their pairs may round
+    otherwise)."""
+    if self.screen_unit == 'theta':
+      return {'screen_unit': 'theta'}
+    if not self.screen and self.theta_loop == 'map':
+      return {'backward_loop': 'theta'}
+    return {}
 
   @property
   def num_chunks(self) -> int:
