@@ -506,10 +506,16 @@ def auto_batching(model: nn.Module, sample: AnyArray,
   return 'separate' if convolutional else 'vmap'
 
 
-# The shape of a one-member grid (the programs depend on nothing else of
-# it; a None in place of the Kinks fails if used).
-_NO_KINKS: Any = None
-_ONE_MEMBER = Grid((0,), _NO_KINKS, ('',), ({},))
+def shape_grid(num_seeds: int, num_kinks: int) -> Grid:
+  """A grid of that shape and nothing else, for building its programs
+  (they depend on the grid only through its shape: the kink values and
+  seeds are their arguments). Its ``kinks`` are None, which fails if used."""
+  no_kinks: Any = None
+  return Grid(tuple(range(num_seeds)), no_kinks, ('',) * num_kinks,
+              ({},) * num_kinks)
+
+
+_ONE_MEMBER = shape_grid(1, 1)
 
 
 def _member_state(state: TrainState, m: int) -> TrainState:

@@ -243,11 +243,7 @@ def programs(model: nn.Module, policy: Policy,
              shared_batch: bool = False, batching: str = 'vmap'):
   """``(tx, epoch_fn, eval_fn)`` for a grid shape, cached: the kink values
   and seeds are data, so sweeps of the same shape share one compilation."""
-  # The programs depend on the grid only through its shape. (The kinks are
-  # their argument: None, typed Any, in place of a Kinks fails if used.)
-  no_kinks: Any = None
-  shape_grid = core.Grid(tuple(range(num_seeds)), no_kinks,
-                         ('',) * num_kinks, ({},) * num_kinks)
+  shape_grid = core.shape_grid(num_seeds, num_kinks)
   tx = core.make_optimizer(optimizer, total_steps)
   epoch_fn = core.make_train_epoch(model, tx, policy, shape_grid,
                                    dataset=dataset, augment=augment,
