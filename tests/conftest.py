@@ -14,6 +14,18 @@ import pytest
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def script_env(*drop: str, **values: str) -> dict[str, str]:
+  """The environment of an experiment command run by a test: this
+  checkout on ``PYTHONPATH``, JAX on the CPU, and no ``JAXKINK_DATA_DIR``
+  (the bundled MNIST sample); the variables ``drop`` removed too, then
+  ``values`` set."""
+  env = dict(os.environ, PYTHONPATH=_ROOT, JAX_PLATFORMS='cpu')
+  for name in ('JAXKINK_DATA_DIR', *drop):
+    env.pop(name, None)
+  env.update(values)
+  return env
+
+
 def run_on_host_devices(script: str, devices: int = 4) -> str:
   """Runs ``python -c script`` on ``devices`` forced CPU devices; its stdout.
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from jaxkink import montecarlo
+from conftest import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'experiments', 'volume.py')
@@ -29,12 +30,8 @@ _CHUNKS = 3
 
 
 def _env():
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             JAX_NUM_CPU_DEVICES='1')
-  env.pop('JAXKINK_DATA_DIR', None)  # the bundled sample
-  env.pop('XLA_FLAGS', None)
-  env.pop('JAX_COORDINATOR_ADDRESS', None)
-  return env
+  return script_env('XLA_FLAGS', 'JAX_COORDINATOR_ADDRESS',
+                    JAX_NUM_CPU_DEVICES='1')
 
 
 def _free_port() -> int:

@@ -12,6 +12,7 @@ import numpy as np
 
 from jaxkink import cli
 from conftest import assert_bits_equal
+from conftest import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, 'experiments', 'volume.py')
@@ -25,9 +26,7 @@ _TINY = ('--model=mlp', '--model_opt=widths=16,16,10', '--samples=10',
 
 
 def _env(xla_flags=None):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  for name in ('JAXKINK_DATA_DIR', 'XLA_FLAGS', 'JAX_NUM_CPU_DEVICES'):
-    env.pop(name, None)
+  env = script_env('XLA_FLAGS', 'JAX_NUM_CPU_DEVICES')
   if xla_flags is not None:
     env['XLA_FLAGS'] = xla_flags
   return env

@@ -15,6 +15,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from conftest import script_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ('--model=mlp', '--widths=16,10', '--epochs=1', '--batch_size=100',
          '--train_examples=300', '--test_examples=100', '--seeds=2',
@@ -25,11 +27,10 @@ BIFURCATION = ('--widths=64,10', '--steps=5', '--batch_size=32',
 
 
 def _run(script, *args):
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
-  env.pop('JAXKINK_DATA_DIR', None)  # the bundled MNIST sample
   proc = subprocess.run(
       [sys.executable, os.path.join(ROOT, 'experiments', script), *args],
-      env=env, capture_output=True, text=True, timeout=300, check=False)
+      env=script_env(), capture_output=True, text=True, timeout=300,
+      check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'orbax' not in proc.stderr.lower(), proc.stderr[-3000:]
   return proc

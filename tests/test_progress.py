@@ -20,6 +20,7 @@ import pytest
 
 from jaxkink import montecarlo
 from jaxkink.experiments import progress
+from conftest import script_env
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = ('--model=mlp', '--widths=16,10', '--epochs=2', '--batch_size=100',
@@ -30,10 +31,7 @@ VOLUME = ('--samples=6', '--chunk=2', '--train_size=256', '--batch_size=128',
 
 
 def _env():
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  env['PYTHONPATH'] = ROOT
-  env.pop('JAXKINK_DATA_DIR', None)  # the bundled MNIST sample
-  return env
+  return script_env('XLA_FLAGS')
 
 
 def _script(name):
