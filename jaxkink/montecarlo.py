@@ -32,6 +32,12 @@ the thetas, ``lax.scan`` over the minibatches):
   (``computed``), and an unflagged pair that was computed and differed would
   be counted in ``Summary.screen_violations`` (zero means the claim held).
 
+On CPUs, convolutional networks run ``theta_loop='programs'`` instead: the
+host loops over the (theta, minibatch) pairs and calls three small programs
+(draw, forward, backward) that hold no loop and no conditional, because
+XLA's CPU backend runs a convolution inside a ``while`` or ``cond`` as a
+generic loop nest, 4-11x slower (jax-ml/jax#12868; :func:`make_pair_programs`).
+
 The theta axis is split over the local devices with ``jax.shard_map`` (each
 device computes ``chunk`` thetas, the same shapes as a one-device run, so the
 results are bit-identical), and several processes (``jax.distributed``) each
@@ -58,6 +64,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 from jaxkink import rundir
 from jaxkink.hits import TapedKinks
 from jaxkink.kinks import Kinks
+from jaxkink.models.registry import is_convolutional
 from jaxkink.precision import Policy
 from jaxkink.typing import AnyArray, Array, KinkModel, PyTree
 
@@ -66,16 +73,21 @@ __all__ = (
     'KINDS',
     'PairRecord',
     'Progress',
+    'PairPrograms',
     'Reporter',
+    'THETA_LOOPS',
+    'auto_theta_loop',
     'engine_settings',
     'kink_pair',
     'load_records',
     'make_chunk_fn',
+    'make_pair_programs',
     'run',
     'stack_batches',
 )
 
 KINDS = ('relu', 'relu6', 'leaky_relu', 'pool')
+THETA_LOOPS = ('vmap', 'map', 'programs')
 _FIELDS = {'relu': ('relu_s',), 'relu6': ('relu6_alpha', 'relu6_beta'),
            'leaky_relu': ('leaky_s',), 'pool': ('pool_beta',)}
 
@@ -146,6 +158,121 @@ def _first_kernel_index(params: PyTree) -> int:
   return 0
 
 
+def _compare_grads(g0: PyTree, g1: PyTree, acc: Any) -> tuple:
+  """The comparison fields of two gradients (same structure): differs,
+  differs_first, rel_l2, rel_l2_first, l1, finite."""
+  leaves = list(zip(jax.tree.leaves(g0), jax.tree.leaves(g1)))
+  first = _first_kernel_index(g0)
+  neq = [jnp.any(g0 != g1) for g0, g1 in leaves]
+  diff = [g1.astype(acc) - g0.astype(acc) for g0, g1 in leaves]
+  # Per-leaf sums, so the first layer's ratio reuses the full gradient's
+  # terms: no extra pass over the gradients.
+  sq = [jnp.sum(d * d) for d in diff]
+  base = [jnp.sum(jnp.square(g0.astype(acc))) for g0, _ in leaves]
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g0)) & jnp.all(
+      jnp.isfinite(g1)) for g0, g1 in leaves]))
+  return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sum(sq) / sum(base)),
+          jnp.sqrt(sq[first] / base[first]),
+          sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
+
+
+def _accumulator() -> Any:
+  return jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
+
+
+def _loss_and_tape(model: KinkModel, policy: Policy, pair: Kinks,
+                   batch_norm_mode: str) -> Callable:
+  """``f(params, extra, x, y, kinks) -> (loss, tape)``: the minibatch loss
+  and the kink counters of its forward pass (``extra``: the variables other
+  than ``'params'``, e.g. batch statistics)."""
+  if pair.blended_pool_forward:
+    raise ValueError('blended_pool_forward makes the forward value depend on '
+                     'beta, so the pair cannot share one forward pass')
+  if batch_norm_mode not in ('batch', 'running'):
+    raise ValueError("batch_norm_mode must be 'batch' or 'running', got "
+                     f'{batch_norm_mode!r}')
+  train = batch_norm_mode == 'batch'
+
+  def loss_and_tape(params, extra, x, y, kinks):
+    taped = TapedKinks.of(kinks)
+    variables = {'params': params, **extra}
+    if extra and train:
+      logits, _ = model.apply(variables, x, taped, True,
+                              mutable=list(extra))
+    else:
+      logits = model.apply(variables, x, taped, False)
+    logits = policy.cast_loss(logits)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, tuple(taped.tape)
+
+  return loss_and_tape
+
+
+class PairPrograms(NamedTuple):
+  """The three programs of ``theta_loop='programs'`` (not jitted).
+
+  Attributes:
+    init: ``init(key, x) -> variables``: one theta, drawn as the chunk
+      programs draw it (``x``: one input, for the shapes).
+    forward: ``forward(variables, x, y) -> (hits, min_distance,
+      pullbacks)``: one forward pass of minibatch ``(x, y)``, its kink
+      counters, and the pullbacks of both kink settings.
+    backward: ``backward(pullbacks) -> (differs, differs_first, rel_l2,
+      rel_l2_first, l1, finite)``: both backward passes and the comparison.
+  """
+  init: Callable
+  forward: Callable
+  backward: Callable
+
+
+def make_pair_programs(model: KinkModel, policy: Policy, pair: Kinks, *,
+                       batch_norm_mode: str = 'batch') -> PairPrograms:
+  """The programs of one (theta, minibatch) pair, for a loop on the host.
+
+  No program holds a loop or a conditional. XLA's CPU backend hands a
+  convolution to its fast library only outside them: inside a
+  ``while`` or ``cond`` it emits a generic loop nest, 4-11x slower at
+  LeNet-5's shapes (jax-ml/jax#12868; BUILD_NOTES.md, issue 17). The host
+  reads the forward's hits and runs the backward program only where the
+  screen needs it, on the residuals of that same forward (exact, as with
+  the other loops).
+
+  The two settings are traced as two ``jax.vjp`` of the same function, not
+  vmapped over the pair: a vmapped convolution's cotangent becomes a
+  grouped convolution, 1.5x slower here. Their forward passes are the same
+  operations on the same values, so XLA computes them once (common
+  subexpressions), and so are the backward operations above the first
+  kinked operation whose values differ.
+  """
+  loss_and_tape = _loss_and_tape(model, policy, pair, batch_norm_mode)
+  one = jnp.ones((), policy.loss_dtype)
+  acc = _accumulator()
+  settings = [jax.tree.map(lambda a, i=i: a[i], pair) for i in range(2)]
+
+  def init(key, x):
+    return model.init(key, x, Kinks())
+
+  def forward(variables, x, y):
+    params = variables['params']
+    extra = {k: v for k, v in variables.items() if k != 'params'}
+    pullbacks, tapes = [], []
+    for kinks in settings:
+      _, pullback, tape = jax.vjp(
+          lambda p, k=kinks: loss_and_tape(p, extra, x, y, k), params,
+          has_aux=True)
+      pullbacks.append(pullback)
+      tapes.append(tape)
+    tape = tapes[0]   # the counters read the forward values: the same
+    hits = jnp.stack([t.count for t in tape])
+    dist = jnp.stack([t.min_distance.astype(acc) for t in tape])
+    return hits, dist, tuple(pullbacks)
+
+  def backward(pullbacks):
+    return _compare_grads(*(f(one)[0] for f in pullbacks), acc)
+
+  return PairPrograms(init, forward, backward)
+
+
 def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
                   screen: bool = True, batch_norm_mode: str = 'batch',
                   theta_loop: str = 'vmap') -> Callable:
@@ -173,30 +300,14 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
       matrix products: best on GPUs) or ``'map'`` (``lax.map``, a loop of
       plain matrix products inside the program: about 1.5x faster on CPUs,
       BUILD_NOTES.md). The two may round differently (other GEMM shapes).
+      (:class:`Engine` also takes ``'programs'``: :func:`make_pair_programs`
+      looped on the host.)
   """
-  if pair.blended_pool_forward:
-    raise ValueError('blended_pool_forward makes the forward value depend on '
-                     'beta, so the pair cannot share one forward pass')
-  if batch_norm_mode not in ('batch', 'running'):
-    raise ValueError("batch_norm_mode must be 'batch' or 'running', got "
-                     f'{batch_norm_mode!r}')
   if theta_loop not in ('vmap', 'map'):
     raise ValueError(f"theta_loop must be 'vmap' or 'map', got {theta_loop!r}")
-  train = batch_norm_mode == 'batch'
+  loss_and_tape = _loss_and_tape(model, policy, pair, batch_norm_mode)
   one = jnp.ones((), policy.loss_dtype)
-  acc = jnp.float64 if jax.config.read('jax_enable_x64') else jnp.float32
-
-  def loss_and_tape(params, extra, x, y, kinks):
-    taped = TapedKinks.of(kinks)
-    variables = {'params': params, **extra}
-    if extra and train:
-      logits, _ = model.apply(variables, x, taped, True,
-                              mutable=list(extra))
-    else:
-      logits = model.apply(variables, x, taped, False)
-    logits = policy.cast_loss(logits)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, tuple(taped.tape)
+  acc = _accumulator()
 
   def theta_forward(params, extra, x, y):
     def for_kinks(kinks):
@@ -211,18 +322,8 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
 
   def compare(pullbacks):
     grads = jax.vmap(lambda f: f(one)[0])(pullbacks)  # (2, ...) per leaf
-    leaves = jax.tree.leaves(grads)
-    first = _first_kernel_index(grads)
-    neq = [jnp.any(g[0] != g[1]) for g in leaves]
-    diff = [g[1].astype(acc) - g[0].astype(acc) for g in leaves]
-    # Per-leaf sums, so the first layer's ratio reuses the full gradient's
-    # terms: no extra pass over the gradients.
-    sq = [jnp.sum(d * d) for d in diff]
-    base = [jnp.sum(jnp.square(g[0].astype(acc))) for g in leaves]
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in leaves]))
-    return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sum(sq) / sum(base)),
-            jnp.sqrt(sq[first] / base[first]),
-            sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
+    return _compare_grads(jax.tree.map(lambda g: g[0], grads),
+                          jax.tree.map(lambda g: g[1], grads), acc)
 
   def skipped(pullbacks, c=None):
     shape = () if c is None else (c,)
@@ -285,8 +386,12 @@ class Engine:
   """Runs the comparison over ``samples`` thetas and a stacked data set.
 
   Attributes:
-    model, policy, pair, screen, batch_norm_mode, theta_loop: see
-      :func:`make_chunk_fn`.
+    model, policy, pair, screen, batch_norm_mode: see :func:`make_chunk_fn`.
+    theta_loop: ``'vmap'`` or ``'map'`` (one program per chunk, see
+      :func:`make_chunk_fn`), or ``'programs'`` (a host loop over the pairs
+      of :func:`make_pair_programs`, each device computing its chunk's
+      thetas one after the other: the CPU path for convolutional networks,
+      :func:`auto_theta_loop`). They may round differently.
     samples: M, the number of weight samples.
     chunk: thetas per device per program call.
     seed: theta ``m`` is drawn from ``fold_in(key(seed), m)``.
@@ -305,11 +410,19 @@ class Engine:
   devices: Sequence[Any] = ()
 
   def __post_init__(self):
+    if self.theta_loop not in THETA_LOOPS:
+      raise ValueError(f'theta_loop must be one of {", ".join(THETA_LOOPS)}, '
+                       f'got {self.theta_loop!r}')
     if self.samples < 1:
       raise ValueError(f'samples must be >= 1, got {self.samples}')
     if self.chunk < 1:
       raise ValueError(f'chunk must be >= 1, got {self.chunk}')
     self.devices = list(self.devices or jax.local_devices())
+    if self.theta_loop == 'programs':
+      self._programs = PairPrograms(*map(jax.jit, make_pair_programs(
+          self.model, self.policy, self.pair,
+          batch_norm_mode=self.batch_norm_mode)))
+      return
     fn = make_chunk_fn(self.model, self.policy, self.pair, screen=self.screen,
                        batch_norm_mode=self.batch_norm_mode,
                        theta_loop=self.theta_loop)
@@ -325,10 +438,11 @@ class Engine:
   @property
   def screen_unit(self) -> str | None:
     """What the screen skips at once: ``'theta'`` (one theta's backward
-    passes, ``theta_loop='map'``), ``'chunk'`` (``'vmap'``) or None."""
+    passes on one minibatch, ``theta_loop='map'`` or ``'programs'``),
+    ``'chunk'`` (``'vmap'``) or None."""
     if not self.screen:
       return None
-    return 'theta' if self.theta_loop == 'map' else 'chunk'
+    return 'chunk' if self.theta_loop == 'vmap' else 'theta'
 
   def screen_settings(self) -> dict[str, str]:
     """What changed the program since the first runs, for a run's
@@ -379,14 +493,67 @@ class Engine:
       raise ValueError(f'need one chunk per device ({len(self.devices)}), '
                        f'got {len(chunk_indices)}')
     with self.policy.scope(), jax.threefry_partitionable(False):
-      out = self._fn(self.keys(chunk_indices), xs, ys)
-    out = jax.tree.map(np.asarray, out)
+      if self.theta_loop == 'programs':
+        out = self._run_programs(self.keys(chunk_indices), xs, ys)
+      else:
+        out = jax.tree.map(np.asarray,
+                           self._fn(self.keys(chunk_indices), xs, ys))
     records = []
     for j, c in enumerate(chunk_indices):
       keep = min(self.chunk, self.samples - c * self.chunk)
       records.append(jax.tree.map(
           lambda a: a[j * self.chunk:j * self.chunk + keep], out))
     return records
+
+  def _run_programs(self, keys: Array, xs: AnyArray, ys: AnyArray
+                    ) -> PairRecord:
+    """``theta_loop='programs'``: device ``d`` computes thetas ``keys[d *
+    chunk:(d + 1) * chunk]``, one (theta, minibatch) pair per program
+    call. The host walks the devices in step, so that each has its next
+    forward pass queued while it reads another's hits."""
+    programs = self._programs
+    xs, ys = np.asarray(xs), np.asarray(ys)
+    r = xs.shape[0]
+    batches = [[jax.device_put((xs[b], ys[b]), d) for b in range(r)]
+               for d in self.devices]
+    first = xs[0, :1]
+    keys = [jax.device_put(keys[d * self.chunk:(d + 1) * self.chunk], dev)
+            for d, dev in enumerate(self.devices)]
+    acc = _accumulator()
+    skipped = (np.False_, np.False_, acc(0), acc(0), acc(0), np.True_)
+    fields: list[list[tuple]] = [[] for _ in self.devices]
+    for j in range(self.chunk):
+      variables = [programs.init(k[j], jax.device_put(first, dev))
+                   for k, dev in zip(keys, self.devices)]
+      for b in range(r):
+        forward = [programs.forward(v, *batch[b])
+                   for v, batch in zip(variables, batches)]
+        for d, (hits, dist, pullbacks) in enumerate(forward):
+          flagged = not self.screen or bool(np.asarray(hits).any())
+          out = programs.backward(pullbacks) if flagged else skipped
+          fields[d].append((*out, hits, dist, flagged))
+    per_device = []
+    for rows in fields:
+      columns = [np.stack([np.asarray(v) for v in col]) for col in zip(*rows)]
+      differs, first_, rel, rel_first, l1, finite, hits, dist, computed = [
+          c.reshape(self.chunk, r, *c.shape[1:]) for c in columns]
+      per_device.append(PairRecord(differs, first_, rel, rel_first, l1, hits,
+                                   dist, computed, finite))
+    return jax.tree.map(lambda *a: np.concatenate(a), *per_device)
+
+
+def auto_theta_loop(model: KinkModel, sample: AnyArray,
+                    backend: str | None = None) -> str:
+  """The theta loop that measured fastest for ``model`` on ``backend``
+  (default: JAX's): ``'vmap'`` on accelerators; on CPUs ``'programs'`` for
+  convolutional networks (LeNet-5 MNIST pool pairs: 48-58 pairs/s on two
+  cores against 6.9-8.1 with ``'map'``, BUILD_NOTES.md, issue 17) and
+  ``'map'`` otherwise. ``sample``: an input batch (only its shape is
+  read)."""
+  backend = backend or jax.default_backend()
+  if backend != 'cpu':
+    return 'vmap'
+  return 'programs' if is_convolutional(model, sample) else 'map'
 
 
 def stack_batches(x: AnyArray, y: AnyArray, batch_size: int

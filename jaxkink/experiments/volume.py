@@ -132,9 +132,13 @@ def define_flags() -> None:
   flags.DEFINE_enum('batch_norm_mode', 'batch', ['batch', 'running'],
                     'Batch norm statistics: the minibatch\'s (PyTorch '
                     'training mode) or the running averages.')
-  flags.DEFINE_enum('theta_loop', 'auto', ['auto', 'vmap', 'map'],
-                    'Thetas of a chunk: vmapped (GPUs) or looped inside the '
-                    "program (CPUs); 'auto' picks by backend.")
+  flags.DEFINE_enum('theta_loop', 'auto', ['auto', 'vmap', 'map',
+                                           'programs'],
+                    'Thetas of a chunk: vmapped (GPUs), looped inside the '
+                    'program (CPUs), or one program per (theta, minibatch) '
+                    "looped on the host (convolutional networks on CPUs); "
+                    "'auto' picks by backend and model "
+                    '(jaxkink.montecarlo.auto_theta_loop).')
   flags.DEFINE_string('out', 'runs/volume', 'Run directory.')
   flags.DEFINE_bool('distributed', False, 'One process of a multi-process '
                     'run: jax.distributed.initialize() before any JAX '
@@ -200,11 +204,12 @@ def parse_model_opts(items: Sequence[str]) -> dict[str, str]:
   return opts
 
 
-def theta_loop(choice: str) -> str:
-  """``'auto'``: ``'map'`` on CPUs (plain matrix products are faster
-  there), ``'vmap'`` elsewhere."""
+def theta_loop(choice: str, model: Any, x: Any) -> str:
+  """``'auto'``: :func:`jaxkink.montecarlo.auto_theta_loop` (``'vmap'`` on
+  accelerators; on CPUs ``'programs'`` for convolutional networks,
+  ``'map'`` otherwise)."""
   if choice == 'auto':
-    return 'map' if jax.default_backend() == 'cpu' else 'vmap'
+    return montecarlo.auto_theta_loop(model, x[:1])
   return choice
 
 
@@ -304,7 +309,8 @@ def prepare(cfg: dict[str, Any], data_dir: str | None,
                              chunk=cfg['chunk'], seed=cfg['seed'],
                              screen=cfg['screen'],
                              batch_norm_mode=cfg['batch_norm_mode'],
-                             theta_loop=theta_loop(cfg['theta_loop']))
+                             theta_loop=theta_loop(cfg['theta_loop'],
+                                                   model, x))
   described = dataset.describe()
   source = {'source': described.pop('source')}  # where, not what: recorded
   settings = {'flags': run_flags(cfg),

@@ -27,6 +27,7 @@ from jaxkink.models.lenet import LeNet5
 from jaxkink.models.mlp import MLP
 from jaxkink.models.mobilenet import MobileNetV3Small
 from jaxkink.models.registry import get
+from jaxkink.models.registry import is_convolutional
 from jaxkink.models.registry import names
 from jaxkink.models.registry import options
 from jaxkink.models.registry import with_policy
@@ -50,6 +51,7 @@ __all__ = (
     'ResNet50',
     'VGG',
     'get',
+    'is_convolutional',
     'names',
     'options',
     'with_policy',

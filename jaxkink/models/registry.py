@@ -12,7 +12,10 @@ import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
+import jax
+import jax.numpy as jnp
 
+from jaxkink.kinks import Kinks
 from jaxkink.models import external
 from jaxkink.models.densenet import DenseNet
 from jaxkink.models.lenet import LeNet5
@@ -129,6 +132,16 @@ def with_policy(model: nn.Module, policy: Policy | str) -> nn.Module:
   return model.clone(dtype=policy.compute_dtype,
                      param_dtype=policy.param_dtype,
                      precision=policy.jax_precision)
+
+
+def is_convolutional(model: nn.Module, sample: Any) -> bool:
+  """Whether ``model`` has a convolution kernel (a parameter of rank >= 3)
+  on inputs shaped like ``sample`` (only its shape is read; nothing is
+  computed). The engine and the trainer pick their CPU programs by it."""
+  shapes = jax.eval_shape(lambda: model.init(
+      jax.random.key(0), jnp.zeros(sample.shape, jnp.float32), Kinks()))
+  return any(len(leaf.shape) >= 3
+             for leaf in jax.tree.leaves(shapes.get('params', {})))
 
 
 def _lookup(name: str):

@@ -31,6 +31,7 @@ import optax
 from jaxkink import data as data_lib
 from jaxkink import lockstep
 from jaxkink.kinks import Kinks
+from jaxkink.models.registry import is_convolutional
 from jaxkink.precision import Policy
 from jaxkink.typing import AnyArray, Array, PyTree
 
@@ -499,11 +500,7 @@ def auto_batching(model: nn.Module, sample: AnyArray,
   backend = backend or jax.default_backend()
   if backend != 'cpu':
     return 'vmap'
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros(sample.shape, jnp.float32), Kinks()))
-  convolutional = any(len(leaf.shape) >= 3
-                      for leaf in jax.tree.leaves(shapes.get('params', {})))
-  return 'separate' if convolutional else 'vmap'
+  return 'separate' if is_convolutional(model, sample) else 'vmap'
 
 
 def shape_grid(num_seeds: int, num_kinks: int) -> Grid:
