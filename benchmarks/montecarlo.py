@@ -36,6 +36,8 @@ unless ``XLA_FLAGS`` sets ``--xla_force_host_platform_device_count``
 Run (pinned, on an otherwise idle machine)::
 
   taskset -c 0,1 python benchmarks/montecarlo.py --data_dir=../shared/data
+  taskset -c 0,1 python benchmarks/montecarlo.py --data_dir=../shared/data \
+      --workload=lenet5_pool      # or vgg11_pool: benchmarks/montecarlo_conv.py
   XLA_FLAGS=--xla_force_host_platform_device_count=1 taskset -c 0,1 \
       python benchmarks/montecarlo.py --data_dir=../shared/data
 """
@@ -67,10 +69,19 @@ from jaxkink.hits import TapedKinks
 from jaxkink.kinks import Kinks
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import montecarlo_conv  # pylint: disable=g-import-not-at-top,wrong-import-position
 import torch_relu  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'MNIST directory (default: '
-                                '$JAXKINK_DATA_DIR, else the bundled sample).')
+_WORKLOAD = flags.DEFINE_enum(
+    'workload', 'table1', ['table1', *montecarlo_conv.WORKLOADS],
+    "table1: the MLP of ReLU'(0) Table 1 (this docstring); lenet5_pool, "
+    'vgg11_pool: native against minimal MaxPool on LeNet-5 MNIST and VGG11 '
+    'on the CIFAR-10 sample (benchmarks/montecarlo_conv.py; --samples, '
+    '--chunk, --batches and --torch_samples default to the workload\'s '
+    'own sizes there).')
+_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Data directory (default: '
+                                '$JAXKINK_DATA_DIR, else the bundled MNIST '
+                                'sample).')
 _SAMPLES = flags.DEFINE_integer('samples', 128, 'Thetas timed for the bound, '
                                 '(a) and (b) (whole calls of chunk x devices '
                                 'thetas, at least one).')
@@ -348,9 +359,94 @@ def _ratio(a: float | None, b: float | None) -> float | None:
   return None if a is None or b is None else a / b
 
 
+def conv_main(workload: str) -> None:
+  """``--workload=lenet5_pool`` / ``vgg11_pool``: see
+  ``benchmarks/montecarlo_conv.py``."""
+  conv = montecarlo_conv
+  sizes = dict(conv.WORKLOADS[workload]['defaults'])
+  for name, flag in (('batches', _BATCHES), ('chunk', _CHUNK),
+                     ('torch_samples', _TORCH_SAMPLES)):
+    if flags.FLAGS[flag.name].present:
+      sizes[name] = flag.value
+  devices = jax.local_devices()
+  width, threads = len(devices), cli.host_cores()
+  if flags.FLAGS[_SAMPLES.name].present:
+    sizes['calls'] = max(1, _SAMPLES.value // (sizes['chunk'] * width))
+  load_start = load_average()
+  try:
+    xs, ys, images, labels = conv.load(workload, _DATA_DIR.value,
+                                       sizes['batches'])
+  except ValueError as e:
+    raise cli.UsageValueError(str(e)) from e
+  print(f'CPU: {cpu_model()}; {threads} cores for this process '
+        f'({platform.machine()})')
+  print(f'load average at start: {load_start}')
+  print(f'XLA_FLAGS={os.environ.get("XLA_FLAGS", "")!r}; {width} JAX '
+        f'device(s), {threads} threads for PyTorch')
+  print(f'{workload}: {xs.shape[0]} minibatches of {conv.BATCH}; '
+        f'{sizes["calls"]} call(s) of {width} x {sizes["chunk"]} thetas')
+  model, _ = conv.model_of(workload)
+  loop = mc.auto_theta_loop(model, xs[0])
+  parts = conv.profile(workload, xs, ys, devices[0])
+  engine = conv.engine_rate(workload, loop, xs, ys, sizes['chunk'],
+                            sizes['calls'], devices)
+  in_loop = (conv.engine_rate(workload, 'map', xs, ys, sizes['chunk'], 1,
+                              devices)
+             if workload == 'lenet5_pool' and loop != 'map' else None)
+  bound = conv.conv_bound(model, xs,
+                          max(2, engine['pairs'] // width), devices)
+  try:
+    torch_pairs = conv.torch_rate(workload, images, labels,
+                                  sizes['torch_samples'], threads)
+  except ImportError:
+    torch_pairs = None
+  load_end = load_average()
+  results = {
+      'workload': workload, 'cpu': cpu_model(), 'cores': threads,
+      'devices': width, 'xla_flags': os.environ.get('XLA_FLAGS', ''),
+      'load_average_start': load_start, 'load_average_end': load_end,
+      'sizes': sizes, 'theta_loop': loop, 'engine': engine,
+      'engine_map': in_loop, 'conv_bound': bound,
+      'torch_pairs_per_s': torch_pairs, 'profile_ms': parts,
+      'ratios': {
+          'engine_over_torch': _ratio(engine['pairs_per_s'], torch_pairs),
+          'engine_over_conv_bound': engine['pairs_per_s']
+                                    / bound['pairs_per_s'],
+          'engine_over_map': _ratio(engine['pairs_per_s'],
+                                    in_loop and in_loop['pairs_per_s']),
+      },
+      'environment': rundir.environment(),
+  }
+  print('profile, one device, ms per call:')
+  for name, ms in parts.items():
+    print(f'  {name:70s} {ms:9.2f}')
+  print(f'engine, {loop:8s}            {engine["pairs_per_s"]:8.2f} pairs/s '
+        f'({engine["computed"]} of {engine["pairs"]} pairs computed; first '
+        f'call {engine["first_call_seconds"]:.1f} s)')
+  if in_loop is not None:
+    print(f'engine, map                 {in_loop["pairs_per_s"]:8.2f} '
+          'pairs/s')
+  print(f'conv-only bound             {bound["pairs_per_s"]:8.2f} pairs/s')
+  print(f'PyTorch, {threads} threads          {_fmt(torch_pairs, "8.2f")} '
+        'pairs/s')
+  r = results['ratios']
+  target = 2 if workload == 'lenet5_pool' else 1.5
+  print(f'engine/PyTorch = {_fmt(r["engine_over_torch"], ".2f")}   '
+        f'(target >= {target})')
+  print(f'engine/conv-only bound = {r["engine_over_conv_bound"]:.2f}')
+  if in_loop is not None:
+    print(f'engine/map = {r["engine_over_map"]:.2f}')
+  print(f'load average at end: {load_end}')
+  if _OUT.value:
+    rundir.write_json(_OUT.value, results)
+
+
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  if _WORKLOAD.value != 'table1':
+    conv_main(_WORKLOAD.value)
+    return
   load_start = load_average()
   ds = data_lib.load('mnist', 'train', data_dir=_DATA_DIR.value)
   if len(ds) < BATCH:
