@@ -517,14 +517,14 @@ class Engine:
     batches = [[jax.device_put((xs[b], ys[b]), d) for b in range(r)]
                for d in self.devices]
     first = xs[0, :1]
-    keys = [jax.device_put(keys[d * self.chunk:(d + 1) * self.chunk], dev)
-            for d, dev in enumerate(self.devices)]
+    per_device = [jax.device_put(keys[d * self.chunk:(d + 1) * self.chunk],
+                                 dev) for d, dev in enumerate(self.devices)]
     acc = _accumulator()
     skipped = (np.False_, np.False_, acc(0), acc(0), acc(0), np.True_)
     fields: list[list[tuple]] = [[] for _ in self.devices]
     for j in range(self.chunk):
       variables = [programs.init(k[j], jax.device_put(first, dev))
-                   for k, dev in zip(keys, self.devices)]
+                   for k, dev in zip(per_device, self.devices)]
       for b in range(r):
         forward = [programs.forward(v, *batch[b])
                    for v, batch in zip(variables, batches)]
@@ -532,14 +532,14 @@ class Engine:
           flagged = not self.screen or bool(np.asarray(hits).any())
           out = programs.backward(pullbacks) if flagged else skipped
           fields[d].append((*out, hits, dist, flagged))
-    per_device = []
+    records = []
     for rows in fields:
       columns = [np.stack([np.asarray(v) for v in col]) for col in zip(*rows)]
       differs, first_, rel, rel_first, l1, finite, hits, dist, computed = [
           c.reshape(self.chunk, r, *c.shape[1:]) for c in columns]
-      per_device.append(PairRecord(differs, first_, rel, rel_first, l1, hits,
-                                   dist, computed, finite))
-    return jax.tree.map(lambda *a: np.concatenate(a), *per_device)
+      records.append(PairRecord(differs, first_, rel, rel_first, l1, hits,
+                                dist, computed, finite))
+    return jax.tree.map(lambda *a: np.concatenate(a), *records)
 
 
 def auto_theta_loop(model: KinkModel, sample: AnyArray,

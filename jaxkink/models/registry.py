@@ -24,6 +24,7 @@ from jaxkink.models.mobilenet import MobileNetV3Small
 from jaxkink.models.resnet import ResNet
 from jaxkink.models.vgg import VGG
 from jaxkink.precision import Policy, get_policy
+from jaxkink.typing import KinkModel
 
 # name -> (module class, preset options). Presets are defaults: options given
 # to ``get`` override them.
@@ -134,7 +135,7 @@ def with_policy(model: nn.Module, policy: Policy | str) -> nn.Module:
                      precision=policy.jax_precision)
 
 
-def is_convolutional(model: nn.Module, sample: Any) -> bool:
+def is_convolutional(model: nn.Module | KinkModel, sample: Any) -> bool:
   """Whether ``model`` has a convolution kernel (a parameter of rank >= 3)
   on inputs shaped like ``sample`` (only its shape is read; nothing is
   computed). The engine and the trainer pick their CPU programs by it."""
