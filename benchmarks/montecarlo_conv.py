@@ -12,9 +12,11 @@ minibatch) pairs per second, all in one run:
   engine, map: the in-program loop (``theta_loop='map'``), LeNet-5 only
       (VGG11 takes minutes per pair that way);
   conv-only bound: the convolutions a pair needs and nothing else, at the
-      engine's shapes, in one program per pair on each device as the engine
-      runs them: the forward convolutions once, and per backward pass every
-      kernel gradient and every input gradient but the first layer's;
+      engine's shapes, computed as the model computes them (XLA's
+      convolution, or ``tap_conv`` on the maps of at most the model's
+      ``tap_conv_pixels``), in one program per pair on each device as the
+      engine runs them: the forward convolutions once, and per backward pass
+      every kernel gradient and every input gradient but the first layer's;
   PyTorch: the authors' procedure (``ryanboustany/MaxPool-numerical``,
       ``notebooks/threshold_maxpool.ipynb``, ``diffMaxpool``): two networks
       with the same weights whose pools are ``MaxPool2DBeta(0)`` and
@@ -27,7 +29,8 @@ and a profile of the pieces at the engine's shapes, each timed alone: the
 theta draw, the forward pass with and without the kink counters, the
 engine's forward (with the pullbacks) and backward programs, every
 convolution forward / input gradient / kernel gradient at top level and
-inside a one-step ``lax.scan`` (XLA's CPU backend emits a generic loop nest
+inside a one-step ``lax.scan``, as XLA's convolution and, where the model
+uses it, as ``tap_conv`` (XLA's CPU backend emits a generic loop nest
 for a convolution inside a loop: jax-ml/jax#12868), and both MaxPool backward
 rules against XLA's ``select_and_scatter``.
 """
@@ -51,6 +54,7 @@ from jaxkink import montecarlo as mc
 from jaxkink import pooling
 from jaxkink.hits import TapedKinks
 from jaxkink.kinks import Kinks
+from jaxkink.models.layers import tap_conv
 
 BATCH = 128
 CIFAR_SAMPLE = os.path.join('cifar10-first4000', 'cifar10_first4000.npz')
@@ -144,12 +148,27 @@ def _equations(model, x, *primitives: str) -> list:
 
 
 def _conv_layers(model, x):
-  """Per convolution of ``model`` on ``x``: (input shape, kernel shape,
-  padding, strides, dimension numbers)."""
+  """Per convolution of ``model`` on ``x``, those it computes as
+  ``tap_conv`` included: (input shape, kernel shape, padding, strides,
+  dimension numbers)."""
+  plain = model.clone(tap_conv_pixels=0)
   return [(e.invars[0].aval.shape, e.invars[1].aval.shape,
            e.params['padding'], e.params['window_strides'],
            e.params['dimension_numbers'])
-          for e in _equations(model, x, 'conv_general_dilated')]
+          for e in _equations(plain, x, 'conv_general_dilated')]
+
+
+def _model_conv(model, pad, strides, dn) -> Callable:
+  """The convolution of one layer as ``model`` computes it."""
+  return lambda x, w: tap_conv(x, w, strides, pad, dimension_numbers=dn,
+                               max_pixels=model.tap_conv_pixels)
+
+
+def _uses_taps(model, shape, kshape, pad, strides, dn) -> bool:
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  w = jax.ShapeDtypeStruct(kshape, jnp.float32)
+  jaxpr = jax.make_jaxpr(_model_conv(model, pad, strides, dn))(x, w)
+  return all(e.primitive.name != 'conv_general_dilated' for e in jaxpr.eqns)
 
 
 def conv_bound(model, xs, calls_per_device: int, devices) -> dict[str, Any]:
@@ -159,8 +178,7 @@ def conv_bound(model, xs, calls_per_device: int, devices) -> dict[str, Any]:
   rng = np.random.default_rng(0)
 
   def conv(x, w, pad, strides, dn):
-    return lax.conv_general_dilated(x, w, strides, pad,
-                                    dimension_numbers=dn)
+    return _model_conv(model, pad, strides, dn)(x, w)
 
   def pair(inputs, kernels, cotangents):
     total = jnp.zeros((), jnp.float32)
@@ -251,17 +269,22 @@ def profile(workload: str, xs, ys, device) -> dict[str, float]:
         _conv_layers(model, x)):
       a = jax.device_put(jnp.ones(shape, jnp.float32), device)
       w = jax.device_put(jnp.full(kshape, 0.01, jnp.float32), device)
-      conv = lambda a, w, p=pad, s=strides, d=dn: lax.conv_general_dilated(
+      xla = lambda a, w, p=pad, s=strides, d=dn: lax.conv_general_dilated(
           a, w, s, p, dimension_numbers=d)
-      g = jnp.ones(jax.eval_shape(conv, a, w).shape, jnp.float32)
-      dx = lambda a, w, g, c=conv: jax.vjp(lambda a_: c(a_, w), a)[1](g)[0]
-      dw = lambda a, w, g, c=conv: jax.vjp(lambda w_: c(a, w_), w)[1](g)[0]
-      name = f'conv {i} {tuple(shape)}x{tuple(kshape)}'
-      for part, f, fargs in (('forward', conv, (a, w)),
-                             ('input grad', dx, (a, w, g)),
-                             ('kernel grad', dw, (a, w, g))):
-        out[f'{name} {part}'] = _timed(f, *fargs)
-        out[f'{name} {part}, in a scan'] = _timed(_in_scan(f), *fargs)
+      kinds = [('', xla)]
+      if _uses_taps(model, shape, kshape, pad, strides, dn):
+        kinds.append((' (taps, the model\'s)',
+                      _model_conv(model, pad, strides, dn)))
+      g = jnp.ones(jax.eval_shape(xla, a, w).shape, jnp.float32)
+      for label, conv in kinds:
+        dx = lambda a, w, g, c=conv: jax.vjp(lambda a_: c(a_, w), a)[1](g)[0]
+        dw = lambda a, w, g, c=conv: jax.vjp(lambda w_: c(a, w_), w)[1](g)[0]
+        name = f'conv {i} {tuple(shape)}x{tuple(kshape)}{label}'
+        for part, f, fargs in (('forward', conv, (a, w)),
+                               ('input grad', dx, (a, w, g)),
+                               ('kernel grad', dw, (a, w, g))):
+          out[f'{name} {part}'] = _timed(f, *fargs)
+          out[f'{name} {part}, in a scan'] = _timed(_in_scan(f), *fargs)
     for shape in _pool_inputs(model, x):
       a = jax.device_put(jnp.round(jax.random.normal(
           jax.random.key(1), shape), 1), device)
