@@ -208,6 +208,46 @@ def _loss_and_tape(model: KinkModel, policy: Policy, pair: Kinks,
   return loss_and_tape
 
 
+def _unstacked_pair(loss_and_tape: Callable, policy: Policy, pair: Kinks
+                    ) -> tuple[Callable, Callable]:
+  """``forward(variables, x, y) -> (hits, min_distance, pullbacks)`` and
+  ``backward(pullbacks) -> comparison fields`` of one (theta, minibatch)
+  pair, the two kink settings traced as two ``jax.vjp`` of the same
+  function, not vmapped over the pair.
+
+  Their forward passes are the same operations on the same values, so XLA
+  computes them once (common subexpressions), and the residuals the two
+  pullbacks share (the input, the pre-activations) are one buffer each. A
+  vmap over the pair would broadcast every residual to a pair axis of two,
+  the input included: written for every pair, needed only for the flagged
+  ones. A vmapped convolution's cotangent would also become a grouped
+  convolution (1.5x slower on CPUs).
+  """
+  one = jnp.ones((), policy.loss_dtype)
+  acc = _accumulator()
+  settings = [jax.tree.map(lambda a, i=i: a[i], pair) for i in range(2)]
+
+  def forward(variables, x, y):
+    params = variables['params']
+    extra = {k: v for k, v in variables.items() if k != 'params'}
+    pullbacks, tapes = [], []
+    for kinks in settings:
+      _, pullback, tape = jax.vjp(
+          lambda p, k=kinks: loss_and_tape(p, extra, x, y, k), params,
+          has_aux=True)
+      pullbacks.append(pullback)
+      tapes.append(tape)
+    tape = tapes[0]   # the counters read the forward values: the same
+    hits = jnp.stack([t.count for t in tape])
+    dist = jnp.stack([t.min_distance.astype(acc) for t in tape])
+    return hits, dist, tuple(pullbacks)
+
+  def backward(pullbacks):
+    return _compare_grads(*(f(one)[0] for f in pullbacks), acc)
+
+  return forward, backward
+
+
 class PairPrograms(NamedTuple):
   """The three programs of ``theta_loop='programs'`` (not jitted).
 
@@ -237,38 +277,14 @@ def make_pair_programs(model: KinkModel, policy: Policy, pair: Kinks, *,
   screen needs it, on the residuals of that same forward (exact, as with
   the other loops).
 
-  The two settings are traced as two ``jax.vjp`` of the same function, not
-  vmapped over the pair: a vmapped convolution's cotangent becomes a
-  grouped convolution, 1.5x slower here. Their forward passes are the same
-  operations on the same values, so XLA computes them once (common
-  subexpressions), and so are the backward operations above the first
-  kinked operation whose values differ.
+  The two settings are two ``jax.vjp`` of the same function
+  (:func:`_unstacked_pair`), as in ``make_chunk_fn(theta_loop='map')``.
   """
   loss_and_tape = _loss_and_tape(model, policy, pair, batch_norm_mode)
-  one = jnp.ones((), policy.loss_dtype)
-  acc = _accumulator()
-  settings = [jax.tree.map(lambda a, i=i: a[i], pair) for i in range(2)]
+  forward, backward = _unstacked_pair(loss_and_tape, policy, pair)
 
   def init(key, x):
     return model.init(key, x, Kinks())
-
-  def forward(variables, x, y):
-    params = variables['params']
-    extra = {k: v for k, v in variables.items() if k != 'params'}
-    pullbacks, tapes = [], []
-    for kinks in settings:
-      _, pullback, tape = jax.vjp(
-          lambda p, k=kinks: loss_and_tape(p, extra, x, y, k), params,
-          has_aux=True)
-      pullbacks.append(pullback)
-      tapes.append(tape)
-    tape = tapes[0]   # the counters read the forward values: the same
-    hits = jnp.stack([t.count for t in tape])
-    dist = jnp.stack([t.min_distance.astype(acc) for t in tape])
-    return hits, dist, tuple(pullbacks)
-
-  def backward(pullbacks):
-    return _compare_grads(*(f(one)[0] for f in pullbacks), acc)
 
   return PairPrograms(init, forward, backward)
 
@@ -299,7 +315,9 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     theta_loop: how the chunk's thetas are computed: ``'vmap'`` (batched
       matrix products: best on GPUs) or ``'map'`` (``lax.map``, a loop of
       plain matrix products inside the program: about 1.5x faster on CPUs,
-      BUILD_NOTES.md). The two may round differently (other GEMM shapes).
+      BUILD_NOTES.md; each theta's two kink settings are two ``jax.vjp``,
+      :func:`_unstacked_pair`). The two may round differently (other GEMM
+      shapes).
       (:class:`Engine` also takes ``'programs'``: :func:`make_pair_programs`
       looped on the host.)
   """
@@ -331,19 +349,22 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     zero = jnp.zeros(shape, acc)
     return false, false, zero, zero, zero, jnp.ones(shape, bool)
 
+  pair_forward, pair_backward = _unstacked_pair(loss_and_tape, policy, pair)
+
   def theta_record(v, x, y):
     # One theta's forward and backward passes inside the loop over thetas,
-    # so no theta's residuals are stacked with the others'. Screened, the
-    # theta is screened on its own: the predicate and the pullbacks come
-    # from the same forward pass, and a theta without a hit skips its
-    # backward passes.
-    hits, dist, pullbacks = theta_forward(v[0], v[1], x, y)
+    # so no theta's residuals are stacked with the others', nor (two vjp,
+    # not a vmap over the pair) with themselves. Screened, the theta is
+    # screened on its own: the predicate and the pullbacks come from the
+    # same forward pass, and a theta without a hit skips its backward
+    # passes.
+    hits, dist, pullbacks = pair_forward({'params': v[0], **v[1]}, x, y)
     if screen:
       flagged = jnp.any(hits > 0)
-      out = lax.cond(flagged, compare, skipped, pullbacks)
+      out = lax.cond(flagged, pair_backward, skipped, pullbacks)
     else:
       flagged = jnp.ones((), bool)
-      out = compare(pullbacks)
+      out = pair_backward(pullbacks)
     return (*out, hits, dist, flagged)
 
   def batch_records(variables, x, y):
@@ -446,17 +467,22 @@ class Engine:
 
   def screen_settings(self) -> dict[str, str]:
     """What changed the program since the first runs, for a run's
-    settings: the screen's unit where it is not the chunk, and
+    settings: the screen's unit where it is not the chunk;
     ``backward_loop: 'theta'`` for an unscreened ``theta_loop='map'`` run
     (each theta's backward passes inside the loop over thetas, since
-    2026-12-02; before, all the chunk's forward passes ran first). Runs of
-    the old programs are then refused, not mixed (their pairs may round
-    otherwise)."""
+    2026-12-02; before, all the chunk's forward passes ran first); and
+    ``pair_trace: 'two_vjp'`` for ``theta_loop='map'`` (the two kink
+    settings as two ``jax.vjp``, since 2026-12-03; before, one vmapped over
+    the pair). Runs of the old programs are then refused, not mixed (their
+    pairs may round otherwise)."""
+    settings = {}
     if self.screen_unit == 'theta':
-      return {'screen_unit': 'theta'}
-    if not self.screen and self.theta_loop == 'map':
-      return {'backward_loop': 'theta'}
-    return {}
+      settings['screen_unit'] = 'theta'
+    elif not self.screen and self.theta_loop == 'map':
+      settings['backward_loop'] = 'theta'
+    if self.theta_loop == 'map':
+      settings['pair_trace'] = 'two_vjp'
+    return settings
 
   @property
   def num_chunks(self) -> int:

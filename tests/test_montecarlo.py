@@ -351,14 +351,18 @@ def test_processes_split_the_chunks_and_process_0_gathers(tmp_path,
 
 def test_settings_name_the_program_changes():
   """Run directories of the earlier programs are refused, not mixed: the
-  per-theta screen and the per-theta unscreened loop are in the settings;
-  the vmapped programs (unchanged) add nothing."""
+  per-theta screen, the per-theta unscreened loop and the map loop's two
+  ``vjp`` are in the settings; the vmapped programs (unchanged) add
+  nothing."""
   policy = jaxkink.get_policy('float32')
   model = models.get('mlp', widths=(16, 10), policy=policy)
   pair = mc.kink_pair('relu', (0, 1))
   settings = lambda **kw: mc.Engine(model, policy, pair, samples=2, chunk=2,
                                     **kw).screen_settings()
-  assert settings(theta_loop='map') == {'screen_unit': 'theta'}
-  assert settings(theta_loop='map', screen=False) == {'backward_loop': 'theta'}
+  assert settings(theta_loop='map') == {'screen_unit': 'theta',
+                                        'pair_trace': 'two_vjp'}
+  assert settings(theta_loop='map', screen=False) == {
+      'backward_loop': 'theta', 'pair_trace': 'two_vjp'}
+  assert settings(theta_loop='programs') == {'screen_unit': 'theta'}
   assert settings(theta_loop='vmap') == {}
   assert settings(theta_loop='vmap', screen=False) == {}
