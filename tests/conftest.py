@@ -13,6 +13,22 @@ import pytest
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Every command a test starts (the scripts, ``python -c``) compiles its
+# programs through one persistent compilation cache: most of them compile
+# the same small programs as another test's command, and compiling is about
+# half of such a command's time. It changes no number (a cached executable
+# is the one XLA would compile again; its key holds the program, the jax
+# and XLA versions, the devices and ``XLA_FLAGS``, so the AVX2 re-run of CI
+# compiles its own). Set after ``import jax`` above, so this process's own
+# JAX, which has read its configuration, does not use it.
+COMPILE_CACHE = os.path.join(
+    os.environ.get('PYTEST_TMPDIR', '/tmp'),
+    f'jaxkink-test-compile-cache-{os.getuid()}')
+for _name, _value in (('JAX_COMPILATION_CACHE_DIR', COMPILE_CACHE),
+                      ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
+                      ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')):
+  os.environ.setdefault(_name, _value)
+
 
 def script_env(*drop: str, **values: str) -> dict[str, str]:
   """The environment of an experiment command run by a test: this

@@ -51,19 +51,9 @@ BIFURCATION = ('--widths=64,10', '--steps=40', '--batch_size=32',
                '--checkpoint_every=10', '--precision=float16', '--seeds=0')
 
 
-# One persistent compilation cache for the campaign's many restarts of the
-# same programs (it changes no number: a cached executable is the one XLA
-# would compile again).
-_CACHE = os.path.join(
-    os.environ.get('PYTEST_TMPDIR', '/tmp'),
-    f'jaxkink-campaign-cache-{os.getuid()}')
-
-
 def _env():
-  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=_CACHE,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  # The compilation cache of conftest.py comes with os.environ.
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu')
   env.pop('JAXKINK_DATA_DIR', None)  # the bundled sample
   return env
 
