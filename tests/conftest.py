@@ -19,15 +19,30 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # half of such a command's time. It changes no number (a cached executable
 # is the one XLA would compile again; its key holds the program, the jax
 # and XLA versions, the devices and ``XLA_FLAGS``, so the AVX2 re-run of CI
-# compiles its own). Set after ``import jax`` above, so this process's own
-# JAX, which has read its configuration, does not use it.
+# compiles its own). Set by a fixture, in the process that runs the tests
+# (a pytest-xdist worker) after its JAX has read its configuration: the
+# tests' own JAX does not use it, so no test reads an entry that another
+# process is still writing (jax writes them in place). Commands running at
+# the same time may still; jax then warns and compiles.
 COMPILE_CACHE = os.path.join(
     os.environ.get('PYTEST_TMPDIR', '/tmp'),
     f'jaxkink-test-compile-cache-{os.getuid()}')
-for _name, _value in (('JAX_COMPILATION_CACHE_DIR', COMPILE_CACHE),
-                      ('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0'),
-                      ('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')):
-  os.environ.setdefault(_name, _value)
+
+
+@pytest.fixture(autouse=True, scope='session')
+def _commands_share_a_compilation_cache():
+  values = {'JAX_COMPILATION_CACHE_DIR': COMPILE_CACHE,
+            'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+            'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0'}
+  saved = {name: os.environ.get(name) for name in values}
+  for name, value in values.items():
+    os.environ.setdefault(name, value)
+  yield
+  for name, value in saved.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
 
 
 def script_env(*drop: str, **values: str) -> dict[str, str]:
