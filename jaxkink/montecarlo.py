@@ -358,7 +358,7 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     # screened on its own: the predicate and the pullbacks come from the
     # same forward pass, and a theta without a hit skips its backward
     # passes.
-    hits, dist, pullbacks = pair_forward({'params': v[0], **v[1]}, x, y)
+    hits, dist, pullbacks = pair_forward(v, x, y)
     if screen:
       flagged = jnp.any(hits > 0)
       out = lax.cond(flagged, pair_backward, skipped, pullbacks)
@@ -368,13 +368,13 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     return (*out, hits, dist, flagged)
 
   def batch_records(variables, x, y):
-    extra = {k: v for k, v in variables.items() if k != 'params'}
-    thetas = (variables['params'], extra)
     if theta_loop == 'map':
       (differs, first, rel, rel_first, l1, finite, hits, dist,
-       computed) = lax.map(lambda v: theta_record(v, x, y), thetas)
+       computed) = lax.map(lambda v: theta_record(v, x, y), variables)
       return PairRecord(differs, first, rel, rel_first, l1, hits, dist,
                         computed, finite)
+    extra = {k: v for k, v in variables.items() if k != 'params'}
+    thetas = (variables['params'], extra)
     hits, dist, pullbacks = jax.vmap(
         lambda v: theta_forward(v[0], v[1], x, y))(thetas)
     run = jax.vmap(compare)
