@@ -350,6 +350,7 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     return false, false, zero, zero, zero, jnp.ones(shape, bool)
 
   pair_forward, pair_backward = _unstacked_pair(loss_and_tape, policy, pair)
+  half = policy.compute_dtype.itemsize < 4
 
   def theta_record(v, x, y):
     # One theta's forward and backward passes inside the loop over thetas,
@@ -358,6 +359,14 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     # screened on its own: the predicate and the pullbacks come from the
     # same forward pass, and a theta without a hit skips its backward
     # passes.
+    if half:
+      # Ties the minibatch to the theta. XLA's CPU backend converts a
+      # float16 or bfloat16 input to float32 for its products, once per
+      # setting; hoisted out of the loop over thetas, the two converts
+      # became two loop operands, the two settings' forward passes were no
+      # longer one expression, and both ran (one device: BUILD_NOTES.md,
+      # 2026-12-04). Inside the loop, XLA merges them.
+      v, x = lax.optimization_barrier((v, x))
     hits, dist, pullbacks = pair_forward(v, x, y)
     if screen:
       flagged = jnp.any(hits > 0)

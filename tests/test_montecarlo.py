@@ -366,3 +366,29 @@ def test_settings_name_the_program_changes():
   assert settings(theta_loop='programs') == {'screen_unit': 'theta'}
   assert settings(theta_loop='vmap') == {}
   assert settings(theta_loop='vmap', screen=False) == {}
+
+
+@pytest.mark.parametrize('screen', [True, False])
+def test_half_precision_map_program_runs_one_forward_pass(screen):
+  """The two kink settings' forward passes are one computation in the
+  compiled ``theta_loop='map'`` program in float16 as in float32 (the
+  same number of matrix products), on one device: XLA's CPU backend adds
+  float32 converts of the float16 input per setting, which it used to
+  hoist out of the loop over thetas as two operands, so that it computed
+  the whole forward pass twice (3 more products here)."""
+  def products(name):
+    policy = jaxkink.get_policy(name)
+    model = models.get('mlp', widths=(32, 32, 10), policy=policy)
+    fn = mc.make_chunk_fn(model, policy, mc.kink_pair('relu', (0, 1)),
+                          screen=screen, theta_loop='map')
+    xs = jnp.zeros((2, 8, 784), policy.input_dtype)
+    ys = jnp.zeros((2, 8), jnp.int32)
+    keys = jax.random.split(jax.random.key(0), 2)
+    with policy.scope():
+      text = jax.jit(fn).lower(keys, xs, ys).compile().as_text()
+    return text.count(' dot(')
+
+  f32 = products('float32')
+  assert f32 >= 3 + 2 * 5   # one forward pass, two backward passes
+  assert products('float16') == f32
+  assert products('bfloat16') == f32
