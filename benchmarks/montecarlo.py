@@ -27,8 +27,14 @@ like:
       many threads as JAX's CPU client has (one per core this process may run
       on) and warmed up on the same minibatches first;
 
-and the float32 peak of a large matrix product in XLA and in PyTorch. The
-load average is printed at the start and at the end. Like
+float16 screened against unscreened on the digits (every pair hits a kink,
+so the screen computes them all), and the float32 peak of a large matrix
+product in XLA and in PyTorch. The bound, the forward pass, (a), (b), (c)
+and the float16 pair are timed in ``--rounds`` alternated rounds (the
+speed of a shared machine drifts by 10-15% within a run): each figure is
+the median over the rounds and each target ratio the median of the
+per-round ratios, all printed. The load average is printed at the start
+and at the end. Like
 ``jaxkink-volume``, the benchmark splits the CPU into one JAX device per core
 unless ``XLA_FLAGS`` sets ``--xla_force_host_platform_device_count``
 (``jaxkink.cli.use_host_devices``).
@@ -48,7 +54,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
@@ -91,7 +97,16 @@ _BATCHES = flags.DEFINE_integer('batches', 40, 'Minibatches per theta.')
 _TORCH_SAMPLES = flags.DEFINE_integer('torch_samples', 4, 'Thetas timed for '
                                       'the PyTorch loop (c).')
 _OUT = flags.DEFINE_string('out', None, 'Optional JSON path for the results.')
-cli.check_positive(['samples', 'chunk', 'batches', 'torch_samples'])
+_ROUNDS = flags.DEFINE_integer(
+    'rounds', 3, 'Rounds in which the bound, the forward pass, (a), (b), (c) '
+    'and the float16 pair are each timed once, in alternated order; the '
+    'figures are medians over the rounds, the ratios medians of the '
+    'per-round ratios (the machine\'s speed drifts within a run).')
+_FLOAT16_CALLS = flags.DEFINE_integer(
+    'float16_calls', 1, 'Calls timed for float16 screened against '
+    'unscreened on the digits (every pair flagged), per round; 0: skip.')
+cli.check_positive(['samples', 'chunk', 'batches', 'torch_samples',
+                    'rounds'])
 cli.check_together(['samples', 'chunk'],
                    lambda v: v['samples'] >= v['chunk'],
                    '--samples must be >= --chunk (whole chunks are timed)')
@@ -168,11 +183,13 @@ def _sharded(fn, devices, in_specs):
                                out_specs=P('theta'), check_vma=False))
 
 
-def gemm_bound(xs, chunk: int, calls: int, devices) -> float:
+def gemm_bound(xs, chunk: int, calls: int, devices) -> Callable[[], float]:
   """Pairs/s of the forward matrix products alone at the engine's shapes:
   per device ``lax.scan`` over the minibatches and ``lax.map`` over its
   ``chunk`` thetas (the engine's CPU loop), each a chain of the four
-  products (so that none is dropped); weights drawn outside the program."""
+  products (so that none is dropped); weights drawn outside the program.
+  Compiles and runs the program once; returns the timer of ``calls``
+  calls."""
   sizes = (INPUTS,) + WIDTHS
   rng = np.random.default_rng(0)
   width = len(devices)
@@ -194,18 +211,28 @@ def gemm_bound(xs, chunk: int, calls: int, devices) -> float:
 
   fn = _sharded(per_device, devices, (P('theta'), P()))
   fn(weights, flat).block_until_ready()  # compile
-  t = time.perf_counter()
-  for _ in range(calls):
-    out = fn(weights, flat)
-    out.block_until_ready()
-  return calls * width * chunk * xs.shape[0] / (time.perf_counter() - t)
+  return _timer(lambda: fn(weights, flat), calls,
+                calls * width * chunk * xs.shape[0])
 
 
-def forward_rate(xs, ys, chunk: int, calls: int, devices) -> float:
+def _timer(call: Callable[[], Any], calls: int, pairs: int
+           ) -> Callable[[], float]:
+  """``calls`` calls of ``call``, timed: pairs/s."""
+  def time_it() -> float:
+    t = time.perf_counter()
+    for _ in range(calls):
+      jax.block_until_ready(call())
+    return pairs / (time.perf_counter() - t)
+  return time_it
+
+
+def forward_rate(xs, ys, chunk: int, calls: int, devices
+                 ) -> Callable[[], float]:
   """Pairs/s of the engine's forward pass alone, looped the same way:
   the model with its kink counters (``TapedKinks``) and the loss, one kink
   setting, no ``vjp``, no backward pass; thetas drawn as the engine draws
-  them, outside the program."""
+  them, outside the program. Compiles and runs it once; returns the
+  timer."""
   policy = jaxkink.get_policy('float32')
   model = models.get('mlp', widths=WIDTHS, policy=policy)
   width = len(devices)
@@ -228,10 +255,8 @@ def forward_rate(xs, ys, chunk: int, calls: int, devices) -> float:
 
   fn = _sharded(per_device, devices, (P('theta'), P(), P()))
   fn(params, xs, ys).block_until_ready()  # compile
-  t = time.perf_counter()
-  for _ in range(calls):
-    fn(params, xs, ys).block_until_ready()
-  return calls * width * chunk * xs.shape[0] / (time.perf_counter() - t)
+  return _timer(lambda: fn(params, xs, ys), calls,
+                calls * width * chunk * xs.shape[0])
 
 
 def draw_seconds(xs, chunk: int, devices, repeats: int = 5) -> float:
@@ -257,19 +282,25 @@ class EngineTiming:
   and pairs computed (that ran the backward passes) per call."""
 
   def __init__(self, screen: bool, loop: str, chunk: int, devices,
-               init: str = 'pytorch'):
-    policy = jaxkink.get_policy('float32')
-    model = models.get('mlp', widths=WIDTHS, policy=policy, init_scheme=init)
-    self.engine = mc.Engine(model, policy, mc.kink_pair('relu', (0, 1)),
+               init: str = 'pytorch', precision: str = 'float32'):
+    self.policy = jaxkink.get_policy(precision)
+    model = models.get('mlp', widths=WIDTHS, policy=self.policy,
+                       init_scheme=init)
+    self.engine = mc.Engine(model, self.policy, mc.kink_pair('relu', (0, 1)),
                             samples=2 ** 24, chunk=chunk, screen=screen,
                             theta_loop=loop, devices=devices)
     self.width = len(devices)
     self.calls: list[dict[str, Any]] = []
+    self.warm = False
 
   def time(self, groups: Sequence[Sequence[int]], xs, ys) -> float:
-    """Runs the groups of chunks (one call each) after a call on other
-    chunks (compiling, the first time); pairs/s over them."""
-    self.engine.run_chunks([2 ** 16 + i for i in range(self.width)], xs, ys)
+    """Runs the groups of chunks (one call each), after a call on other
+    chunks the first time (compiling); pairs/s over them."""
+    xs = self.policy.cast_inputs(xs)
+    if not self.warm:
+      self.engine.run_chunks([2 ** 16 + i for i in range(self.width)], xs,
+                             ys)
+      self.warm = True
     self.calls = []
     for group in groups:
       t = time.perf_counter()
@@ -292,6 +323,27 @@ def rate(calls: Sequence[dict[str, Any]]) -> float | None:
   if not calls:
     return None
   return sum(c['pairs'] for c in calls) / sum(c['seconds'] for c in calls)
+
+
+def alternated(contenders: dict[str, Callable[[], float]], rounds: int
+               ) -> dict[str, list[float]]:
+  """Each contender's rate once per round, in the given order in even
+  rounds and reversed in odd ones, so that a drift of the machine's speed
+  within the run falls on all of them."""
+  rates: dict[str, list[float]] = {k: [] for k in contenders}
+  for i in range(rounds):
+    order = list(contenders) if i % 2 == 0 else list(contenders)[::-1]
+    for name in order:
+      rates[name].append(contenders[name]())
+  return rates
+
+
+def round_ratios(rates: dict[str, list[float]], pairs: dict[str, tuple]
+                 ) -> dict[str, list[float]]:
+  """Per-round ratios ``rates[a][i] / rates[b][i]`` for ``name: (a, b)``
+  where both were timed."""
+  return {name: [p / q for p, q in zip(rates[a], rates[b])]
+          for name, (a, b) in pairs.items() if a in rates and b in rates}
 
 
 def torch_rate(images: np.ndarray, labels: np.ndarray, samples: int,
@@ -474,15 +526,39 @@ def main(argv: Sequence[str]) -> None:
         'thetas per contender')
 
   peak = matmul_peak()
-  bound = gemm_bound(xs, chunk, calls, devices)
-  forward = forward_rate(xs, ys, chunk, calls, devices)
-  draw = draw_seconds(xs, chunk, devices)
   loop = 'map' if jax.default_backend() == 'cpu' else 'vmap'
   other = 'vmap' if loop == 'map' else 'map'
   a_timing = EngineTiming(True, loop, chunk, devices)
-  a = a_timing.time(groups, xs, ys)
+  b_timing = EngineTiming(False, loop, chunk, devices)
+  contenders = {
+      'bound': gemm_bound(xs, chunk, calls, devices),
+      'forward': forward_rate(xs, ys, chunk, calls, devices),
+      'a': lambda: a_timing.time(groups, xs, ys),
+      'b': lambda: b_timing.time(groups, xs, ys),
+  }
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    contenders['c'] = lambda: torch_rate(
+        np.asarray(x), np.asarray(ds.labels[:n]), _TORCH_SAMPLES.value,
+        threads)
+  except ImportError:
+    pass
+  if _FLOAT16_CALLS.value:
+    # Every pair hits a kink in float16: the screen computes all of them.
+    f16_groups = groups[:_FLOAT16_CALLS.value]
+    f16 = {screen: EngineTiming(screen, loop, chunk, devices,
+                                precision='float16') for screen in (True,
+                                                                    False)}
+    contenders['f16_screened'] = lambda: f16[True].time(f16_groups, xs, ys)
+    contenders['f16_unscreened'] = lambda: f16[False].time(f16_groups, xs,
+                                                           ys)
+  rounds = alternated(contenders, _ROUNDS.value)
+  med = {k: float(np.median(v)) for k, v in rounds.items()}
+  bound, forward, a, b = med['bound'], med['forward'], med['a'], med['b']
+  c = med.get('c')
   a_calls = a_timing.calls
   computed_a = fraction_computed(a_calls)
+  draw = draw_seconds(xs, chunk, devices)
   # The chunks of that run with no flagged pair, timed again as whole calls.
   clean = [c for call in a_calls for c in call['chunks']
            if c not in call['flagged_chunks']]
@@ -490,18 +566,14 @@ def main(argv: Sequence[str]) -> None:
                   for i in range(0, len(clean) - width + 1, width)]
   a_clean = a_timing.time(clean_groups, xs, ys) if clean_groups else None
   a_other = EngineTiming(True, other, chunk, devices).time(groups, xs, ys)
-  b = EngineTiming(False, loop, chunk, devices).time(groups, xs, ys)
   flagged_timing = EngineTiming(True, loop, chunk, devices, init='flax')
   a_flagged = flagged_timing.time(groups, xs_planted, ys)
   computed_flagged = fraction_computed(flagged_timing.calls)
   b_flagged = EngineTiming(False, loop, chunk, devices, init='flax').time(
       groups, xs_planted, ys)
-  try:
-    c = torch_rate(np.asarray(x), np.asarray(ds.labels[:n]),
-                   _TORCH_SAMPLES.value, threads)
-    torch_peak = torch_matmul_peak()
-  except ImportError:
-    c = torch_peak = None
+  torch_peak = torch_matmul_peak() if 'c' in contenders else None
+  f16_computed = (fraction_computed(f16[True].calls) if _FLOAT16_CALLS.value
+                  else None)
   load_end = load_average()
 
   flops = forward_flops()
@@ -511,6 +583,11 @@ def main(argv: Sequence[str]) -> None:
   back = backward_flops()
   pair_flops = {'a': flops + computed_a * 2 * back, 'b': flops + 2 * back,
                 'c': 2 * (flops + back)}
+  per_round = round_ratios(rounds, {
+      'a_over_c': ('a', 'c'), 'a_over_bound': ('a', 'bound'),
+      'a_over_forward': ('a', 'forward'), 'b_over_c': ('b', 'c'),
+      'float16_screened_over_unscreened': ('f16_screened',
+                                           'f16_unscreened')})
   results = {
       'cpu': cpu_model(), 'cores': threads, 'devices': width,
       'xla_flags': os.environ.get('XLA_FLAGS', ''),
@@ -550,8 +627,14 @@ def main(argv: Sequence[str]) -> None:
           'bound_over_matmul_peak': bound * flops / peak,
           'torch_peak_over_matmul_peak': _ratio(torch_peak, peak),
       },
+      'rounds': rounds,
+      'round_ratios': per_round,
+      'float16_fraction_computed': f16_computed,
       'environment': rundir.environment(),
   }
+  # The targets' ratios: medians of the per-round ratios.
+  for name, values in per_round.items():
+    results['ratios'][name] = float(np.median(values))
   print(f'fp32 matmul peak (XLA, 1 device)   {peak / 1e9:8.1f} GFLOP/s')
   if torch_peak is not None:
     print(f'fp32 matmul peak (PyTorch)         {torch_peak / 1e9:8.1f} '
@@ -594,6 +677,15 @@ def main(argv: Sequence[str]) -> None:
         'matmul peak' + ('' if torch_peak is None else
                          f'; PyTorch peak / XLA peak = '
                          f'{r["torch_peak_over_matmul_peak"]:.2f}'))
+  print(f'{_ROUNDS.value} alternated round(s), pairs/s per round:')
+  for name, values in rounds.items():
+    print(f'  {name:16s} ' + ' '.join(f'{v:8.1f}' for v in values))
+  for name, values in per_round.items():
+    print(f'{name} per round: ' + ' '.join(f'{v:.3f}' for v in values)
+          + f'; median {np.median(values):.3f}')
+  if f16_computed is not None:
+    print(f'float16: {100 * f16_computed:.0f}% of pairs computed by the '
+          'screened program (target: screened/unscreened >= 1)')
   print(f'load average at end: {load_end}')
   if _OUT.value:
     rundir.write_json(_OUT.value, results)
