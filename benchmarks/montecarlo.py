@@ -107,6 +107,8 @@ _FLOAT16_CALLS = flags.DEFINE_integer(
     'unscreened on the digits (every pair flagged), per round; 0: skip.')
 cli.check_positive(['samples', 'chunk', 'batches', 'torch_samples',
                     'rounds'])
+cli.check('float16_calls', lambda v: int(v) >= 0,
+          '--float16_calls must be >= 0')
 cli.check_together(['samples', 'chunk'],
                    lambda v: v['samples'] >= v['chunk'],
                    '--samples must be >= --chunk (whole chunks are timed)')

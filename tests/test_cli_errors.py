@@ -60,6 +60,9 @@ CASES: list[tuple[str, Sequence[str], str]] = [
     ('benchmarks/montecarlo.py', ['--samples=4', '--chunk=8'],
      '--samples must be >= --chunk'),
     ('benchmarks/montecarlo.py', ['--torch_samples=many'], '--torch_samples'),
+    ('benchmarks/montecarlo.py', ['--rounds=0'], '--rounds must be >= 1'),
+    ('benchmarks/montecarlo.py', ['--float16_calls=-1'],
+     '--float16_calls must be >= 0'),
     # benchmarks/primitives.py
     ('benchmarks/primitives.py', ['--shape=64,32,32'],
      '--shape takes exactly 4 values'),
