@@ -104,7 +104,8 @@ _ROUNDS = flags.DEFINE_integer(
     'per-round ratios (the machine\'s speed drifts within a run).')
 _FLOAT16_CALLS = flags.DEFINE_integer(
     'float16_calls', 1, 'Calls timed for float16 screened against '
-    'unscreened on the digits (every pair flagged), per round; 0: skip.')
+    'unscreened on the digits (every pair flagged), per round, at most as '
+    'many as (a) makes; 0: skip.')
 cli.check_positive(['samples', 'chunk', 'batches', 'torch_samples',
                     'rounds'])
 cli.check('float16_calls', lambda v: int(v) >= 0,
