@@ -25,7 +25,9 @@ the thetas, ``lax.scan`` over the minibatches):
 * the kink counters read the pre-activations of that same forward
   (:class:`~jaxkink.hits.TapedKinks`, behind an optimisation barrier);
 * **screening**: the two pullbacks run inside ``lax.cond`` on the chunk's
-  "some kink was hit" flag (a scalar, so the branch is really skipped). With
+  "some kink was hit" flag (a scalar, so the branch is really skipped; with
+  ``theta_loop='map'``, the theta's flag, and below 32 bits no branch, see
+  :func:`make_chunk_fn`). With
   no hit, both backward passes execute the same operations on the same
   values, so the gradients are bit-identical and need not be computed. Pairs
   in a flagged chunk are all computed; a record says which were
@@ -112,8 +114,9 @@ class PairRecord(NamedTuple):
     l1: ``||g1 - g0||_1`` (the TMLR paper's backprop variation ``D``).
     hits: ``(ops,)`` kink hits per kinked operation, in call order.
     min_distance: ``(ops,)`` smallest distance to a kink per operation.
-    computed: the backward passes ran (False: screened out, the gradients
-      are identical by the exactness argument).
+    computed: the comparison fields come from the backward passes (False:
+      screened out, the gradients are identical by the exactness argument,
+      and the fields are False, 0 and ``finite`` True).
     finite: both gradients are finite.
   """
   differs: AnyArray
@@ -174,6 +177,12 @@ def _compare_grads(g0: PyTree, g1: PyTree, acc: Any) -> tuple:
   return (jnp.any(jnp.stack(neq)), neq[first], jnp.sqrt(sum(sq) / sum(base)),
           jnp.sqrt(sq[first] / base[first]),
           sum(jnp.sum(jnp.abs(d)) for d in diff), finite)
+
+
+def _below_32_bits(policy: Policy) -> bool:
+  """The map loop's half-precision program: the minibatch tied to the
+  theta, and the screen without a conditional (:func:`make_chunk_fn`)."""
+  return policy.compute_dtype.itemsize < 4
 
 
 def _accumulator() -> Any:
@@ -307,7 +316,11 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     screen: skip the backward passes where the forward hit no kink: per
       theta with ``theta_loop='map'`` (a ``lax.cond`` inside the loop), per
       chunk with ``'vmap'`` (where a per-theta condition would compute both
-      branches). ``PairRecord.computed`` says which pairs ran.
+      branches). ``PairRecord.computed`` says which pairs ran. Below 32
+      bits (float16, bfloat16, mixed), where nearly every pair hits a kink,
+      the map loop computes every pair's backward passes and gives the
+      pairs without a hit the screened-out record: the same records,
+      without the conditional's cost (:meth:`Engine.screen_settings`).
     batch_norm_mode: with batch norm, ``'batch'`` normalises with the
       minibatch's statistics (PyTorch modules are in training mode unless
       ``.eval()`` is called, as in the reference notebooks) and
@@ -350,7 +363,7 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
     return false, false, zero, zero, zero, jnp.ones(shape, bool)
 
   pair_forward, pair_backward = _unstacked_pair(loss_and_tape, policy, pair)
-  half = policy.compute_dtype.itemsize < 4
+  half = _below_32_bits(policy)
 
   def theta_record(v, x, y):
     # One theta's forward and backward passes inside the loop over thetas,
@@ -368,7 +381,21 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
       # 2026-12-04). Inside the loop, XLA merges them.
       v, x = lax.optimization_barrier((v, x))
     hits, dist, pullbacks = pair_forward(v, x, y)
-    if screen:
+    if screen and half:
+      # Below 32 bits nearly every pair of a real-sized network hits a
+      # kink (all of Table 1's: "in 16 bits, it systematically fills up the
+      # whole space", Bertoin et al., Section 1), so a conditional skips
+      # nothing and costs: XLA's CPU backend converts the residuals to
+      # float32 again inside the branch, out of reach of the forward's
+      # float32 copies (screened ran at 0.94-0.96 of unscreened). The
+      # backward passes run unconditionally and a pair without a hit gets
+      # the screened-out record. (A tiny network, which hits no kink in
+      # most pairs, runs at the unscreened speed; BUILD_NOTES.md,
+      # 2026-12-04.)
+      flagged = jnp.any(hits > 0)
+      out = jax.tree.map(lambda a, b: jnp.where(flagged, a, b),
+                         pair_backward(pullbacks), skipped(pullbacks))
+    elif screen:
       flagged = jnp.any(hits > 0)
       out = lax.cond(flagged, pair_backward, skipped, pullbacks)
     else:
@@ -482,11 +509,15 @@ class Engine:
     2026-12-02; before, all the chunk's forward passes ran first); and
     ``pair_trace: 'two_vjp'`` for ``theta_loop='map'`` (the two kink
     settings as two ``jax.vjp``, since 2026-12-03; before, one vmapped over
-    the pair). Runs of the old programs are then refused, not mixed (their
-    pairs may round otherwise)."""
+    the pair); ``screen_branch: 'select'`` for a screened
+    ``theta_loop='map'`` run below 32 bits (no conditional, since
+    2026-12-04). Runs of the old programs are then refused, not mixed
+    (their pairs may round otherwise)."""
     settings = {}
     if self.screen_unit == 'theta':
       settings['screen_unit'] = 'theta'
+      if self.theta_loop == 'map' and _below_32_bits(self.policy):
+        settings['screen_branch'] = 'select'
     elif not self.screen and self.theta_loop == 'map':
       settings['backward_loop'] = 'theta'
     if self.theta_loop == 'map':

@@ -68,11 +68,12 @@ def _assert_exact_within(rec, engine):
     block = flagged.reshape(m // engine.chunk, engine.chunk, r).any(1)
     np.testing.assert_array_equal(
         rec.computed, np.repeat(block, engine.chunk, axis=0))
-    skipped = ~rec.computed
-    assert not rec.differs[skipped].any()
-    assert not rec.rel_l2[skipped].any() and not rec.l1[skipped].any()
   else:
     assert rec.computed.all()
+  skipped = ~rec.computed   # the screened-out record
+  for field in ('differs', 'differs_first', 'rel_l2', 'rel_l2_first', 'l1'):
+    assert not getattr(rec, field)[skipped].any(), field
+  assert rec.finite[skipped].all()
 
 
 def _assert_agree_to_rounding(a, b, rtol):
@@ -351,9 +352,9 @@ def test_processes_split_the_chunks_and_process_0_gathers(tmp_path,
 
 def test_settings_name_the_program_changes():
   """Run directories of the earlier programs are refused, not mixed: the
-  per-theta screen, the per-theta unscreened loop and the map loop's two
-  ``vjp`` are in the settings; the vmapped programs (unchanged) add
-  nothing."""
+  per-theta screen, the per-theta unscreened loop, the map loop's two
+  ``vjp`` and its screen without a conditional below 32 bits are in the
+  settings; the vmapped programs (unchanged) add nothing."""
   policy = jaxkink.get_policy('float32')
   model = models.get('mlp', widths=(16, 10), policy=policy)
   pair = mc.kink_pair('relu', (0, 1))
@@ -364,31 +365,56 @@ def test_settings_name_the_program_changes():
   assert settings(theta_loop='map', screen=False) == {
       'backward_loop': 'theta', 'pair_trace': 'two_vjp'}
   assert settings(theta_loop='programs') == {'screen_unit': 'theta'}
+  half = jaxkink.get_policy('float16')
+  model16 = models.get('mlp', widths=(16, 10), policy=half)
+  settings16 = lambda **kw: mc.Engine(model16, half, pair, samples=2,
+                                      chunk=2, **kw).screen_settings()
+  assert settings16(theta_loop='map') == {
+      'screen_unit': 'theta', 'screen_branch': 'select',
+      'pair_trace': 'two_vjp'}
+  assert settings16(theta_loop='map', screen=False) == settings(
+      theta_loop='map', screen=False)
+  assert settings16(theta_loop='programs') == {'screen_unit': 'theta'}
   assert settings(theta_loop='vmap') == {}
   assert settings(theta_loop='vmap', screen=False) == {}
 
 
-@pytest.mark.parametrize('screen', [True, False])
-def test_half_precision_map_program_runs_one_forward_pass(screen):
+def _compiled_map_program(name, screen):
+  policy = jaxkink.get_policy(name)
+  model = models.get('mlp', widths=(32, 32, 10), policy=policy)
+  fn = mc.make_chunk_fn(model, policy, mc.kink_pair('relu', (0, 1)),
+                        screen=screen, theta_loop='map')
+  xs = jnp.zeros((2, 8, 784), policy.input_dtype)
+  ys = jnp.zeros((2, 8), jnp.int32)
+  keys = jax.random.split(jax.random.key(0), 2)
+  with policy.scope():
+    return jax.jit(fn).lower(keys, xs, ys).compile().as_text()
+
+
+def test_half_precision_map_program_runs_one_forward_pass():
   """The two kink settings' forward passes are one computation in the
   compiled ``theta_loop='map'`` program in float16 as in float32 (the
   same number of matrix products), on one device: XLA's CPU backend adds
   float32 converts of the float16 input per setting, which it used to
   hoist out of the loop over thetas as two operands, so that it computed
   the whole forward pass twice (3 more products here)."""
-  def products(name):
-    policy = jaxkink.get_policy(name)
-    model = models.get('mlp', widths=(32, 32, 10), policy=policy)
-    fn = mc.make_chunk_fn(model, policy, mc.kink_pair('relu', (0, 1)),
-                          screen=screen, theta_loop='map')
-    xs = jnp.zeros((2, 8, 784), policy.input_dtype)
-    ys = jnp.zeros((2, 8), jnp.int32)
-    keys = jax.random.split(jax.random.key(0), 2)
-    with policy.scope():
-      text = jax.jit(fn).lower(keys, xs, ys).compile().as_text()
-    return text.count(' dot(')
-
+  products = lambda name: _compiled_map_program(name, False).count(' dot(')
   f32 = products('float32')
   assert f32 >= 3 + 2 * 5   # one forward pass, two backward passes
   assert products('float16') == f32
   assert products('bfloat16') == f32
+
+
+def test_half_precision_screen_holds_no_conditional():
+  """Below 32 bits the screened map program is the unscreened one plus
+  the screened-out records (no ``conditional``, as many products), and in
+  float32 the conditional skips the backward passes.
+  test_screened_equals_unscreened checks its records where pairs hit no
+  kink."""
+  f32 = _compiled_map_program('float32', True)
+  assert ' conditional(' in f32
+  for name in ('float16', 'bfloat16', 'mixed_float16'):
+    screened = _compiled_map_program(name, True)
+    assert ' conditional(' not in screened, name
+    assert screened.count(' dot(') == _compiled_map_program(
+        name, False).count(' dot('), name
