@@ -316,6 +316,61 @@ def test_bad_input(tmp_path, builder, name, kwargs, message):
   assert isinstance(e.value, ValueError)
 
 
+SAMPLE = os.path.join('cifar10-first4000', 'cifar10_first4000.npz')
+
+
+def _sample_npz(**arrays):
+  def build(d):
+    os.makedirs(os.path.join(d, os.path.dirname(SAMPLE)))
+    np.savez(os.path.join(d, SAMPLE), **arrays)
+  return build
+
+
+SAMPLE_X = RNG.integers(0, 256, (3, 32, 32, 3), np.uint8)
+SAMPLE_CASES = [
+    ('no sample', lambda d: None, r'cifar10_sample needs '
+     r'cifar10-first4000/cifar10_first4000\.npz in the data directory: '
+     r'.* does not exist'),
+    ('not an npz', lambda d: write_file(os.path.join(d, SAMPLE),
+                                        b'not a zip ' * 50),
+     r'cifar10_first4000\.npz\' is not the CIFAR-10 sample \(an \.npz '
+     r'with arrays x and y\)'),
+    ('no y', _sample_npz(x=SAMPLE_X), r'is not the CIFAR-10 sample .*y is '
+     r'not a file in the archive'),
+    ('labels out of range', _sample_npz(x=SAMPLE_X, y=np.array([0, 10, 1])),
+     r'labels y int64 \(3,\) are not integers in 0 \.\. 9'),
+    ('float labels', _sample_npz(x=SAMPLE_X, y=np.zeros(3)),
+     r'labels y float64 \(3,\) are not integers'),
+    ('image shape', _sample_npz(x=SAMPLE_X[:, :28], y=np.zeros(3, np.uint8)),
+     r'cifar10 train: inconsistent dataset: images uint8 \(3, 28, 32, 3\)'),
+]
+
+
+@pytest.mark.parametrize('builder, message', [c[1:] for c in SAMPLE_CASES],
+                         ids=[c[0] for c in SAMPLE_CASES])
+def test_bad_cifar10_sample(tmp_path, builder, message):
+  builder(str(tmp_path))
+  with pytest.raises(data.DataError, match=message):
+    data.read_cifar10_sample(tmp_path)
+
+
+def test_cifar10_sample_needs_a_data_directory():
+  with pytest.raises(data.DataError, match=r'cifar10_sample needs .* none '
+                     r'is set \(--data_dir or \$JAXKINK_DATA_DIR\)'):
+    data.read_cifar10_sample()
+
+
+def test_a_good_cifar10_sample_is_read(tmp_path):
+  _sample_npz(x=SAMPLE_X, y=np.array([3, 0, 9], np.uint8))(str(tmp_path))
+  ds = data.read_cifar10_sample(tmp_path)
+  np.testing.assert_array_equal(ds.images, SAMPLE_X)
+  np.testing.assert_array_equal(ds.labels, [3, 0, 9])
+  assert ds.labels.dtype == np.int32 and ds.name == 'cifar10'
+  assert ds.source == (f'sample: {tmp_path}/cifar10-first4000/'
+                       'cifar10_first4000.npz (the first 3 images of '
+                       'CIFAR-10 data_batch_1)')
+
+
 def test_env_data_dir_missing(monkeypatch):
   monkeypatch.setenv(data.ENV_VAR, '/nonexistent/y')
   with pytest.raises(data.DataError, match=r"'/nonexistent/y' \(from "

@@ -347,7 +347,7 @@ def test_augment_is_recorded_and_changes_the_inputs(monkeypatch):
 @pytest.mark.skipif(not os.path.exists(os.path.join(
     SHARED_DATA, volume.CIFAR10_SAMPLE_FILE)), reason='no CIFAR-10 sample')
 def test_cifar10_sample_is_labelled_a_sample():
-  ds = volume._cifar10_sample(os.path.relpath(SHARED_DATA))
+  ds = data_lib.read_cifar10_sample(os.path.relpath(SHARED_DATA))
   assert ds.name == 'cifar10' and len(ds) == 4000
   assert ds.source.startswith('sample: ') and not os.path.isabs(
       ds.source.split()[1])

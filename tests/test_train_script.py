@@ -94,7 +94,7 @@ def test_preset_with_overrides_and_bad_flags(tmp_path):
     script.settings_from_flags(fv)
   with pytest.raises(app.UsageError, match='unknown dataset'):
     script.load_data('cifar100', None, None)
-  with pytest.raises(app.UsageError, match='cifar10_sample needs'):
+  with pytest.raises(script.data.DataError, match='cifar10_sample needs'):
     script.load_data('cifar10_sample', str(tmp_path), None)
   # On the command line: a clear message, no traceback from deep inside.
   bad = _train(*TINY, '--optimizer=rmsprop', f'--out={tmp_path}/bad',

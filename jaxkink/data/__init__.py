@@ -18,6 +18,7 @@ from jaxkink.data.batching import batches
 from jaxkink.data.batching import epoch_order
 from jaxkink.data.batching import num_batches
 from jaxkink.data.cifar import safe_loads
+from jaxkink.data.cifar_sample import read_cifar10_sample
 from jaxkink.data.datasets import Dataset
 from jaxkink.data.datasets import ORDERS
 from jaxkink.data.datasets import SOURCES
@@ -52,6 +53,7 @@ __all__ = (
     'pixel_table',
     'preprocess',
     'random_crop_flip',
+    'read_cifar10_sample',
     'read_idx',
     'read_svhn_mat',
     'requested',

@@ -64,6 +64,7 @@ from jaxkink import models
 from jaxkink import rundir
 from jaxkink import training
 from jaxkink import weights
+from jaxkink.data import cifar_sample
 from jaxkink.experiments import progress
 from jaxkink.experiments import tensorboard
 
@@ -71,7 +72,7 @@ FLAGS = flags.FLAGS
 
 DATASETS = ('mnist', 'fashion_mnist', 'cifar10', 'svhn', 'cifar10_sample')
 ACTIVATIONS = ('relu', 'relu6', 'leaky_relu')
-SAMPLE_FILE = os.path.join('cifar10-first4000', 'cifar10_first4000.npz')
+SAMPLE_FILE = cifar_sample.FILE
 SAMPLE_TEST = 1000  # the sample's last images, held out as its test set
 
 # Flag defaults when neither a preset nor the command line sets them.
@@ -242,13 +243,11 @@ def load_data(dataset: str, data_dir: str | None,
     if source not in ('auto', 'native'):
       raise app.UsageError(f'cifar10_sample is read from {SAMPLE_FILE}; '
                            f'--data_source={source} does not apply')
-    directory = data.resolve_data_dir(data_dir)
-    path = os.path.join(directory or '', SAMPLE_FILE)
-    if directory is None or not os.path.exists(path):
-      raise app.UsageError(f'cifar10_sample needs {SAMPLE_FILE} in the data '
-                           'directory (--data_dir)')
-    with np.load(path) as z:
-      x, y = np.asarray(z['x'], np.uint8), np.asarray(z['y'], np.int32)
+    sample = data.read_cifar10_sample(data_dir)
+    x, y = sample.images, sample.labels
+    if len(y) <= SAMPLE_TEST:
+      raise data.DataError(f'{sample.source}: {len(y)} images, but its last '
+                           f'{SAMPLE_TEST} are held out as the test set')
     train = (x[:-SAMPLE_TEST], y[:-SAMPLE_TEST])
     test = (x[-SAMPLE_TEST:], y[-SAMPLE_TEST:])
     desc = {'name': dataset, 'source': SAMPLE_FILE,

@@ -52,6 +52,7 @@ from jaxkink import models
 from jaxkink import montecarlo
 from jaxkink import rundir
 from jaxkink import zones
+from jaxkink.data import cifar_sample
 from jaxkink.experiments import progress as progress_lib
 from jaxkink.experiments import tensorboard
 from jaxkink.experiments import volume_presets
@@ -68,11 +69,9 @@ RUN_FLAGS = ('model', 'model_opt', 'kinks', 'legacy_relu_grad', 'precision',
 # existed still resume): their default leaves every record unchanged.
 OPTIONAL_RUN_FLAGS = ('augment',)
 
-# The CIFAR-10 sample beside the project (../shared/data/README.md): the
-# first 4000 images of data_batch_1, HWC uint8, in one npz file.
-CIFAR10_SAMPLE = 'cifar10_sample'
-CIFAR10_SAMPLE_FILE = os.path.join('cifar10-first4000',
-                                   'cifar10_first4000.npz')
+# The CIFAR-10 sample of the data directory (jaxkink.data.cifar_sample).
+CIFAR10_SAMPLE = cifar_sample.NAME
+CIFAR10_SAMPLE_FILE = cifar_sample.FILE
 DATASETS = tuple(data_lib.DATASETS) + (CIFAR10_SAMPLE,)
 
 # The key of the augmentation draw: fold_in(key(seed), AUGMENT_INDEX); the
@@ -230,28 +229,11 @@ def _dataset(name: str, data_dir: str | None, source: str = 'auto',
         raise cli.UsageValueError(
             f'--dataset={CIFAR10_SAMPLE} is read from {CIFAR10_SAMPLE_FILE}; '
             f'--data_source={source} does not apply')
-      _DATA_CACHE[key] = _cifar10_sample(data_dir)
+      _DATA_CACHE[key] = data_lib.read_cifar10_sample(data_dir)
     else:
       _DATA_CACHE[key] = data_lib.load(name, 'train', data_dir=data_dir,
                                        source=source, order=order)
   return _DATA_CACHE[key]
-
-
-def _cifar10_sample(data_dir: str | None) -> data_lib.Dataset:
-  """The CIFAR-10 sample as a ``cifar10`` train split whose source starts
-  with ``sample:`` (so the summary warns that it is not the full set)."""
-  directory = data_lib.resolve_data_dir(data_dir)
-  path = os.path.join(directory or '', CIFAR10_SAMPLE_FILE)
-  if directory is None or not os.path.exists(path):
-    raise cli.UsageValueError(f'--dataset={CIFAR10_SAMPLE} needs '
-                              f'{CIFAR10_SAMPLE_FILE} in --data_dir')
-  with np.load(path) as z:
-    x, y = np.asarray(z['x'], np.uint8), np.asarray(z['y'], np.int32)
-  # The path as given (relative stays relative), not the resolved one.
-  shown = os.path.join(data_dir or f'${data_lib.ENV_VAR}', CIFAR10_SAMPLE_FILE)
-  return data_lib.Dataset('cifar10', 'train', x, y,
-                          f'sample: {shown} (the first {len(y)} images of '
-                          'CIFAR-10 data_batch_1)')
 
 
 class Prepared(NamedTuple):
