@@ -121,8 +121,11 @@ def define_flags() -> None:
   flags.DEFINE_bool('normalize', False, 'Normalise inputs with the '
                     "dataset's mean/std (False: ToTensor's [0, 1] only, as "
                     "the ReLU'(0) volume notebook).")
-  flags.DEFINE_bool('screen', True, 'Skip the backward passes of chunks '
-                    'whose forward pass hit no kink (exact).')
+  flags.DEFINE_bool('screen', True, 'Skip the backward passes of the '
+                    '(theta, minibatch) pairs whose forward pass hit no kink '
+                    '(exact; whole chunks with --theta_loop=vmap; below 32 '
+                    'bits the map loop computes them and records them as '
+                    'screened out, as fast as --screen=false).')
   flags.DEFINE_integer('seed', 0, 'Seed of the weight samples.')
   flags.DEFINE_float('tau', 0.0, 'Threshold on the L1 difference D (TMLR '
                      'Criteria 1); 0: any exact difference.')
