@@ -381,23 +381,23 @@ def make_chunk_fn(model: KinkModel, policy: Policy, pair: Kinks, *,
       # 2026-12-04). Inside the loop, XLA merges them.
       v, x = lax.optimization_barrier((v, x))
     hits, dist, pullbacks = pair_forward(v, x, y)
-    if screen and half:
-      # Below 32 bits nearly every pair of a real-sized network hits a
-      # kink (all of Table 1's: "in 16 bits, it systematically fills up the
-      # whole space", Bertoin et al., Section 1), so a conditional skips
-      # nothing and costs: XLA's CPU backend converts the residuals to
-      # float32 again inside the branch, out of reach of the forward's
-      # float32 copies (screened ran at 0.94-0.96 of unscreened). The
-      # backward passes run unconditionally and a pair without a hit gets
-      # the screened-out record. (A tiny network, which hits no kink in
-      # most pairs, runs at the unscreened speed; BUILD_NOTES.md,
-      # 2026-12-04.)
+    if screen:
       flagged = jnp.any(hits > 0)
-      out = jax.tree.map(lambda a, b: jnp.where(flagged, a, b),
-                         pair_backward(pullbacks), skipped(pullbacks))
-    elif screen:
-      flagged = jnp.any(hits > 0)
-      out = lax.cond(flagged, pair_backward, skipped, pullbacks)
+      if half:
+        # Below 32 bits nearly every pair of a real-sized network hits a
+        # kink (all of Table 1's: "in 16 bits, it systematically fills up
+        # the whole space", Bertoin et al., Section 1), so a conditional
+        # skips nothing and costs: XLA's CPU backend converts the
+        # residuals to float32 again inside the branch, out of reach of
+        # the forward's float32 copies (screened ran at 0.94-0.96 of
+        # unscreened). The backward passes run unconditionally and a pair
+        # without a hit gets the screened-out record. (A tiny network,
+        # which hits no kink in most pairs, runs at the unscreened speed;
+        # BUILD_NOTES.md, 2026-12-04.)
+        out = jax.tree.map(lambda a, b: jnp.where(flagged, a, b),
+                           pair_backward(pullbacks), skipped(pullbacks))
+      else:
+        out = lax.cond(flagged, pair_backward, skipped, pullbacks)
     else:
       flagged = jnp.ones((), bool)
       out = pair_backward(pullbacks)
